@@ -1,0 +1,124 @@
+"""The records that stages exchange, one JSON object per line. All boxes are original-image pixels.
+
+Each record has a stable ``id``; stages skip ids already written, which is what makes them resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+Box = list[float]
+
+
+class RecordError(ValueError):
+    """A record that does not have the fields its type needs."""
+
+
+@dataclass
+class Record:
+    kind: ClassVar[str] = "record"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise RecordError(f"{cls.kind} record must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - data.keys())
+        if missing:
+            raise RecordError(f"{cls.kind} record {data.get('id', '?')!r} is missing field(s): {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RegionObject:
+    label: str
+    box: Box
+
+
+@dataclass
+class Region(Record):
+    """A query region: several annotated objects and the box that unites them."""
+
+    kind: ClassVar[str] = "region"
+    id: str
+    image: str  # path to the image file, as given (absolute or relative to the working directory)
+    image_size: list[int]  # [W, H] of the original image
+    region_box: Box
+    objects: list[dict]  # [{"label": str, "box": [x1, y1, x2, y2]}]
+    source: str = ""  # where the region came from, e.g. "coco:instances_val2017.json:image=139"
+    image_id: Any = None
+
+
+@dataclass
+class Candidate(Record):
+    """One sampled grounded description of a region."""
+
+    kind: ClassVar[str] = "candidate"
+    id: str  # "{region_id}/{prompt_id}/{sample}"
+    region_id: str
+    prompt_id: str
+    prompt: str  # the user-turn text as sent to the model
+    sample: int
+    text: str  # the raw model output
+    groundings: list[dict] = field(default_factory=list)  # [{"phrase": str|None, "box": [..], "span": [s, e]}]
+    problems: list[str] = field(default_factory=list)  # what the codec could not read
+    fmt: str = ""  # box codec the text is written in
+    geometry: dict = field(default_factory=dict)  # codec geometry (e.g. resized input size) for re-rendering
+    image: str = ""  # the image the prompt showed (the crop path is not stored: crops are recomputed)
+    crop_box: Box | None = None  # set when the prompt showed only this part of the image
+
+
+@dataclass
+class Score(Record):
+    """Scores of one candidate (original or refined) and the matches that explain them."""
+
+    kind: ClassVar[str] = "score"
+    id: str  # candidate id, with the suffix "#refined" for a refined candidate
+    candidate_id: str
+    region_id: str
+    refined: bool
+    text: str
+    semantic: float
+    localization: float
+    total: float
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    matches: list[dict] = field(default_factory=list)  # [{"reference": i, "prediction": j, "iou": x}]
+    groundings: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pair(Record):
+    """A preference pair: best refined candidate against worst original candidate of one region."""
+
+    kind: ClassVar[str] = "pair"
+    id: str
+    region_id: str
+    image: str
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_score: float
+    rejected_score: float
+    chosen_id: str = ""
+    rejected_id: str = ""
+    crop_box: Box | None = None
+    chosen_groundings: list[dict] = field(default_factory=list)
+    rejected_groundings: list[dict] = field(default_factory=list)
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_score - self.rejected_score

@@ -1,0 +1,54 @@
+"""Box-format codecs: one per model family's way of writing boxes, one registry.
+
+>>> from spr import formats
+>>> g = formats.parse("<|object_ref_start|>a dog<|object_ref_end|><|box_start|>(100,200),(500,800)<|box_end|>",
+...                   "qwen2_vl", image_size=(640, 480))
+>>> g[0].phrase, g[0].box
+('a dog', (64.0, 96.0, 320.0, 384.0))
+"""
+
+from __future__ import annotations
+
+from .base import Codec, Grounding, Parsed
+
+_REGISTRY: dict[str, Codec] = {}
+
+
+def register(codec: Codec) -> Codec:
+    if codec.name in _REGISTRY:
+        raise ValueError(f"box format {codec.name!r} is already registered")
+    _REGISTRY[codec.name] = codec
+    return codec
+
+
+def get(fmt: str) -> Codec:
+    try:
+        return _REGISTRY[fmt]
+    except KeyError:
+        raise KeyError(f"unknown box format {fmt!r}; available: {', '.join(available())}") from None
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def parse(text: str, fmt: str, image_size: tuple[int, int], **geometry) -> Parsed:
+    """Groundings (phrase, box in original-image pixels) found in ``text``; never raises on model output."""
+    if not isinstance(text, str):
+        return Parsed([], [f"expected text, got {type(text).__name__}"])
+    return get(fmt).parse(text, tuple(image_size), **geometry)
+
+
+def render(groundings, fmt: str, image_size: tuple[int, int], **geometry) -> str:
+    """Text in format ``fmt`` for ``groundings`` (objects with .phrase and .box, or (phrase, box) pairs)."""
+    gs = [g if isinstance(g, Grounding) else Grounding(g[0], tuple(g[1])) for g in groundings]
+    return get(fmt).render(gs, tuple(image_size), **geometry)
+
+
+def format_box(box, fmt: str, image_size: tuple[int, int], **geometry) -> str:
+    return get(fmt).format_box(box, tuple(image_size), **geometry)
+
+
+from . import codecs as _codecs  # noqa: E402,F401  (registers the built-in formats)
+
+__all__ = ["Codec", "Grounding", "Parsed", "available", "format_box", "get", "parse", "register", "render"]
