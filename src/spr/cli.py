@@ -25,7 +25,9 @@ def _load(name: str):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spr", description="Spatial Preference Rewarding for grounding MLLMs.")
+    parser = argparse.ArgumentParser(
+        prog="spr", description="Spatial Preference Rewarding for grounding MLLMs."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMANDS:
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=first if first in COMMANDS else None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -54,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spr {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"spr {args.command}: interrupted; what was written so far is kept, re-run to resume", file=sys.stderr)
+        print(
+            f"spr {args.command}: interrupted; what was written so far is kept, re-run to resume",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -22,7 +22,9 @@ class JsonlError(ValueError):
     """A line of a JSONL file that cannot be read; the message names the file and the line."""
 
 
-def iter_jsonl(path: str | Path, *, skip_bad: bool = False, problems: list[str] | None = None) -> Iterator[dict]:
+def iter_jsonl(
+    path: str | Path, *, skip_bad: bool = False, problems: list[str] | None = None
+) -> Iterator[dict]:
     """Yield each JSON object of ``path``. A bad line raises :class:`JsonlError` naming ``path:line``,
     or, with ``skip_bad``, is reported into ``problems`` and skipped. A partial last line (no newline, not
     valid JSON: a killed writer) is always skipped and reported."""
@@ -50,7 +52,9 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False, problems: list[str] 
         yield obj
 
 
-def read_records(path: str | Path, cls: type[R], *, skip_bad: bool = False, problems: list[str] | None = None) -> list[R]:
+def read_records(
+    path: str | Path, cls: type[R], *, skip_bad: bool = False, problems: list[str] | None = None
+) -> list[R]:
     """Read every record of type ``cls``; errors name the file and line."""
     out = []
     path = Path(path)

@@ -35,7 +35,9 @@ class Record:
         }
         missing = sorted(required - data.keys())
         if missing:
-            raise RecordError(f"{cls.kind} record {data.get('id', '?')!r} is missing field(s): {', '.join(missing)}")
+            raise RecordError(
+                f"{cls.kind} record {data.get('id', '?')!r} is missing field(s): {', '.join(missing)}"
+            )
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -70,7 +72,9 @@ class Candidate(Record):
     prompt: str  # the user-turn text as sent to the model
     sample: int
     text: str  # the raw model output
-    groundings: list[dict] = field(default_factory=list)  # [{"phrase": str|None, "box": [..], "span": [s, e]}]
+    groundings: list[dict] = field(
+        default_factory=list
+    )  # [{"phrase": str|None, "box": [..], "span": [s, e]}]
     problems: list[str] = field(default_factory=list)  # what the codec could not read
     fmt: str = ""  # box codec the text is written in
     geometry: dict = field(default_factory=dict)  # codec geometry (e.g. resized input size) for re-rendering

@@ -22,7 +22,11 @@ class Grounding:
     span: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
-        return {"phrase": self.phrase, "box": [float(v) for v in self.box], "span": list(self.span) if self.span else None}
+        return {
+            "phrase": self.phrase,
+            "box": [float(v) for v in self.box],
+            "span": list(self.span) if self.span else None,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Grounding:
@@ -58,7 +62,9 @@ class Codec:
         raise NotImplementedError
 
     # Shared helper: a box read from model numbers becomes a checked original-pixel box, or a problem.
-    def finish_box(self, box, image_size, problems: list[str], where: str) -> tuple[float, float, float, float] | None:
+    def finish_box(
+        self, box, image_size, problems: list[str], where: str
+    ) -> tuple[float, float, float, float] | None:
         vals = [float(v) for v in box]
         if not all(math.isfinite(v) for v in vals):
             problems.append(f"{where}: non-finite coordinate {vals}")

@@ -1,7 +1,6 @@
 """Registers the built-in codecs (one module per format)."""
 
-from . import qwen2_vl
-from . import register
+from . import qwen2_vl, register
 
 for _module in (qwen2_vl,):
     register(_module.CODEC)
