@@ -16,7 +16,11 @@ from spr.errors import UserError
 
 # command name -> module implementing it. Add a stage by adding a line here.
 COMMANDS: dict[str, str] = {
+    "score": "spr.scoring.command",
+    "pairs": "spr.pairs",
+    "report": "spr.report.command",
     "regions": "spr.regions",
+    "toy": "spr.toy.cli",
 }
 
 
