@@ -54,3 +54,19 @@ def make_coco(root: Path, n_images: int = 3, size=(640, 480), objects=(7, 6, 3),
 def coco(tmp_path) -> tuple[Path, Path]:
     """(annotations.json, images dir) of three 640x480 images with 7, 6 and 3 objects."""
     return make_coco(tmp_path), tmp_path / "images"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family) -> Path``: a tiny random model of that family, built once per session."""
+    from spr.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(family, root / family, seed=0)
+        return built[family]
+
+    return get

@@ -16,6 +16,7 @@ from spr.errors import UserError
 
 # command name -> module implementing it. Add a stage by adding a line here.
 COMMANDS: dict[str, str] = {
+    "tiny-model": "spr.models.tiny",
     "score": "spr.scoring.command",
     "pairs": "spr.pairs",
     "report": "spr.report.command",

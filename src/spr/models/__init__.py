@@ -1,0 +1,16 @@
+"""Models: load any supported grounding MLLM from a local directory behind one adapter; tiny random models.
+
+>>> adapter = spr.models.load("models/qwen2-vl-2b")          # doctest: +SKIP
+>>> adapter.family, adapter.fmt
+('qwen2_vl', 'qwen2_vl')
+
+Families: qwen2_vl, qwen2_5_vl, llava, idefics3, internvl (see :mod:`spr.models.families`).
+"""
+
+from __future__ import annotations
+
+from .adapter import ModelAdapter
+from .families import FAMILIES, FamilySpec, available_families, get_family
+from .loading import load
+
+__all__ = ["FAMILIES", "FamilySpec", "ModelAdapter", "available_families", "get_family", "load"]

@@ -1,0 +1,134 @@
+"""One interface over every supported family: chat prompt with images, batched inputs, generation, decoding,
+box format and its geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .families import FamilySpec
+
+
+class ModelAdapter:
+    """A loaded model, its processor and what SPR needs to know about its family.
+
+    >>> adapter = spr.models.load("path/to/model")                     # doctest: +SKIP
+    >>> inputs = adapter.build_inputs([image], [adapter.rec_prompt("the red box")])
+    >>> new_tokens = adapter.generate(inputs, max_new_tokens=32)
+    >>> adapter.decode(new_tokens[0])
+    """
+
+    def __init__(self, model, processor, spec: FamilySpec, fmt: str | None = None, device: str = "cpu"):
+        self.model = model
+        self.processor = processor
+        self.spec = spec
+        self.family = spec.name
+        self.fmt = fmt or spec.default_fmt
+        self.device = device
+        self.tokenizer.padding_side = "left"  # generation appends on the right
+        gen = getattr(model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id: int = int(pad if pad is not None else self.eos_token_ids[0])
+        self._geometry_cache: dict[tuple[int, int], dict] = {}
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_token_ids[0]
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def messages(self, prompt: str, with_image: bool = True, answer: str | None = None) -> list[dict]:
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+        msgs = [{"role": "user", "content": content}]
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return msgs
+
+    def chat_text(self, prompt: str, with_image: bool = True, add_generation_prompt: bool = True) -> str:
+        return self.processor.apply_chat_template(
+            self.messages(prompt, with_image), add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def rec_prompt(self, expression: str) -> str:
+        """The family's referring-expression (REC) prompt for ``expression``."""
+        return self.spec.rec_template.format(expression=expression)
+
+    def description_prompts(self, region, templates=None) -> list:
+        """The grounded-description prompts of ``region`` (see :mod:`spr.prompts`), in this model's box format."""
+        from .. import prompts as P
+
+        templates = P.select_templates(None) if templates is None else templates
+        return [P.render(t, region, self.fmt, self.geometry) for t in templates]
+
+    # ----------------------------------------------------------------------------------------- geometry
+    def geometry(self, image_size) -> dict:
+        """Codec geometry for an image of ``image_size`` (W, H) as this model sees it.
+
+        For ``qwen2_5_vl`` this is the size of the resized model input (``input_size``), taken from the
+        processor's own resize (image_grid_thw x patch size), so it follows the processor's min/max pixels."""
+        if self.fmt != "qwen2_5_vl":
+            return {}
+        key = (int(image_size[0]), int(image_size[1]))
+        if key not in self._geometry_cache:
+            from PIL import Image
+
+            ip = self.processor.image_processor
+            out = ip(images=[Image.new("RGB", key)], return_tensors="np")
+            _, gh, gw = (int(v) for v in out["image_grid_thw"][0])
+            self._geometry_cache[key] = {"input_size": [gw * ip.patch_size, gh * ip.patch_size]}
+        return dict(self._geometry_cache[key])
+
+    # ------------------------------------------------------------------------------------- generation
+    def build_inputs(
+        self, images: Sequence | None, prompts: Sequence[str], add_generation_prompt: bool = True
+    ):
+        """A left-padded batch: one user turn per prompt, each with its image (``images[i]``, PIL) when given."""
+        with_image = images is not None
+        texts = [self.chat_text(p, with_image, add_generation_prompt) for p in prompts]
+        kwargs = dict(text=texts, padding=True, return_tensors="pt")
+        if with_image:
+            if len(images) != len(prompts):
+                raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+            imgs = [im.convert("RGB") for im in images]
+            kwargs["images"] = [[im] for im in imgs] if self.family == "idefics3" else imgs
+        inputs = self.processor(**kwargs)
+        return inputs.to(self.model.device)
+
+    def generate(self, inputs, **generation_kwargs):
+        """Token ids generated after the prompt, shape (batch * num_return_sequences, new_tokens)."""
+        import torch
+
+        kwargs = dict(pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids)
+        kwargs.update(generation_kwargs)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        return out[:, inputs["input_ids"].shape[1] :]
+
+    def decode(self, token_ids) -> str:
+        """Text of generated ``token_ids``, cut at the first end-of-sequence token, padding removed.
+
+        Special tokens inside the answer are kept: box markup such as ``<|box_start|>`` is made of them."""
+        ids = [int(t) for t in token_ids]
+        for i, t in enumerate(ids):
+            if t in self.eos_token_ids:
+                ids = ids[:i]
+                break
+        ids = [t for t in ids if t != self.pad_token_id]
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def count_new_tokens(self, token_ids) -> int:
+        """Generated tokens up to and including the end-of-sequence token (padding after it not counted)."""
+        n = 0
+        for t in token_ids:
+            n += 1
+            if int(t) in self.eos_token_ids:
+                break
+        return n
+
+    def __repr__(self) -> str:
+        return f"ModelAdapter(family={self.family!r}, fmt={self.fmt!r}, model={type(self.model).__name__})"

@@ -1,0 +1,226 @@
+"""What SPR knows about each supported model family: classes, special tokens, chat template, box format, prompts.
+
+A family is found from ``config.model_type`` (see :func:`family_for_model_type`) and can be overridden by the
+user. Adding a family means adding one :class:`FamilySpec` to ``FAMILIES`` (and a tiny config in ``tiny.py``).
+
+Box formats (``default_fmt``), overridable per run with ``fmt=``:
+- qwen2_vl: the model's own ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` on a 0-1000 grid.
+- qwen2_5_vl: JSON ``bbox_2d`` in pixels of the resized model input; the geometry (``input_size``) is read
+  from the processor's own resize (image_grid_thw * patch size).
+- internvl: ``<ref>..</ref><box>[[x1, y1, x2, y2]]</box>`` on a 0-1000 grid.
+- llava, idefics3: neither family has one grounding format of its own (LLaVA-1.5 writes normalized floats,
+  fine-tunes differ), so ``plain_norm`` (``[x1, y1, x2, y2]`` floats in 0-1 of the image) is the default. The
+  tiny LLaVA resizes the whole image to a square (no centre crop) so that 0-1 coordinates cover the whole image;
+  for a real LLaVA checkpoint whose processor centre-crops, choose the format that matches its training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+QWEN_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}\n"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+IDEFICS3_TOKENS = (
+    ["<|begin_of_text|>", "<|end_of_text|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
+    + ["<global-img>"]
+    + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+)
+
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+INTERNVL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+    "<quad>",
+    "</quad>",
+]
+
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    model_types: tuple[str, ...]
+    """``config.model_type`` values that belong to this family."""
+    model_class: str
+    """transformers class name of the model (``*ForConditionalGeneration``)."""
+    processor_class: str
+    default_fmt: str
+    """Box format the family writes (a name in ``spr.formats.available()``)."""
+    rec_template: str
+    """Referring-expression prompt; ``{expression}`` is replaced."""
+    special_tokens: tuple[str, ...]
+    chat_template: str
+    eos_token: str
+    pad_token: str
+    bos_token: str | None = None
+    extra_tokenizer_tokens: dict = field(default_factory=dict)
+    """Named special tokens the processor reads from the tokenizer (e.g. InternVL's ``context_image_token``)."""
+    has_video_processor: bool = False
+    """transformers' processor of this family takes a video processor (which needs torchvision)."""
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in [
+        FamilySpec(
+            name="qwen2_vl",
+            model_types=("qwen2_vl",),
+            model_class="Qwen2VLForConditionalGeneration",
+            processor_class="Qwen2VLProcessor",
+            default_fmt="qwen2_vl",
+            rec_template="<|object_ref_start|>{expression}<|object_ref_end|>",
+            special_tokens=tuple(QWEN_TOKENS),
+            chat_template=QWEN_CHAT_TEMPLATE,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            has_video_processor=True,
+        ),
+        FamilySpec(
+            name="qwen2_5_vl",
+            model_types=("qwen2_5_vl",),
+            model_class="Qwen2_5_VLForConditionalGeneration",
+            processor_class="Qwen2_5_VLProcessor",
+            default_fmt="qwen2_5_vl",
+            rec_template='Locate "{expression}" in the image, and output its bbox coordinates in JSON format.',
+            special_tokens=tuple(QWEN_TOKENS),
+            chat_template=QWEN_CHAT_TEMPLATE,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            has_video_processor=True,
+        ),
+        FamilySpec(
+            name="llava",
+            model_types=("llava",),
+            model_class="LlavaForConditionalGeneration",
+            processor_class="LlavaProcessor",
+            default_fmt="plain_norm",
+            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+            special_tokens=("<unk>", "<s>", "</s>", "<pad>", "<image>"),
+            chat_template=LLAVA_CHAT_TEMPLATE,
+            eos_token="</s>",
+            pad_token="<pad>",
+            bos_token="<s>",
+        ),
+        FamilySpec(
+            name="idefics3",
+            model_types=("idefics3",),
+            model_class="Idefics3ForConditionalGeneration",
+            processor_class="Idefics3Processor",
+            default_fmt="plain_norm",
+            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+            special_tokens=tuple(IDEFICS3_TOKENS),
+            chat_template=IDEFICS3_CHAT_TEMPLATE,
+            eos_token="<end_of_utterance>",
+            pad_token="<|end_of_text|>",
+            bos_token="<|begin_of_text|>",
+        ),
+        FamilySpec(
+            name="internvl",
+            model_types=("internvl",),
+            model_class="InternVLForConditionalGeneration",
+            processor_class="InternVLProcessor",
+            default_fmt="internvl",
+            rec_template="Please provide the bounding box coordinate of the region this sentence describes: <ref>{expression}</ref>",
+            special_tokens=tuple(INTERNVL_TOKENS),
+            chat_template=INTERNVL_CHAT_TEMPLATE,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            extra_tokenizer_tokens={
+                "start_image_token": "<img>",
+                "end_image_token": "</img>",
+                "context_image_token": "<IMG_CONTEXT>",
+                "video_token": "<video>",
+            },
+            has_video_processor=True,
+        ),
+    ]
+}
+
+
+def available_families() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def family_for_model_type(model_type: str) -> FamilySpec | None:
+    for spec in FAMILIES.values():
+        if model_type in spec.model_types:
+            return spec
+    return None
+
+
+def get_family(name: str) -> FamilySpec:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model family {name!r}; supported: {', '.join(available_families())}"
+        ) from None

@@ -1,0 +1,114 @@
+"""Load a model and its processor from a local directory: local files only, safetensors only, remote code only
+when asked. Problems with the directory are reported as :class:`UserError` naming the file that is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from .adapter import ModelAdapter
+from .families import FAMILIES, available_families, family_for_model_type, get_family
+from .processors import load_processor
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+UNSAFE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
+def read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise UserError(f"{path}: no config.json (is this a saved model directory?)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{config_file}: cannot read: {e}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: expected a JSON object")
+    return config
+
+
+def resolve_family(config: dict, family: str | None, path: Path):
+    if family:
+        try:
+            return get_family(family)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    model_type = config.get("model_type")
+    spec = family_for_model_type(model_type) if model_type else None
+    if spec is None:
+        known = ", ".join(f"{name} (model_type {'/'.join(s.model_types)})" for name, s in FAMILIES.items())
+        raise UserError(
+            f"{path / 'config.json'}: model_type {model_type!r} is not a supported family. Supported: {known}. "
+            "If the model is one of these under another name, pass its family explicitly (--family)."
+        )
+    return spec
+
+
+def check_weights(path: Path) -> None:
+    if any((path / f).exists() for f in WEIGHT_FILES):
+        return
+    unsafe = [f for f in UNSAFE_WEIGHT_FILES if (path / f).exists()]
+    if unsafe:
+        raise UserError(
+            f"{path}: weights only as {unsafe[0]} (pickle); SPR loads safetensors only. Convert them, e.g. "
+            "model.save_pretrained(DIR, safe_serialization=True) in a trusted environment."
+        )
+    raise UserError(f"{path}: no weights (expected {' or '.join(WEIGHT_FILES)})")
+
+
+def resolve_dtype(dtype, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device == "cpu" else "auto"
+    if isinstance(dtype, str) and dtype != "auto":
+        try:
+            return getattr(torch, dtype)
+        except AttributeError:
+            raise UserError(f"unknown dtype {dtype!r} (e.g. float32, bfloat16, float16, auto)") from None
+    return dtype
+
+
+def load(
+    model_dir: str | Path,
+    family: str | None = None,
+    device: str = "cpu",
+    dtype=None,
+    trust_remote_code: bool = False,
+    fmt: str | None = None,
+) -> ModelAdapter:
+    """Load the model in ``model_dir`` and wrap it in the :class:`ModelAdapter` of its family.
+
+    ``family`` overrides ``config.model_type`` (one of :func:`available_families`); ``fmt`` overrides the
+    family's box format; ``dtype`` defaults to float32 on CPU and the checkpoint's own dtype elsewhere."""
+    import transformers
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such model directory")
+    config = read_config(path)
+    spec = resolve_family(config, family, path)
+    check_weights(path)
+    if fmt is not None:
+        from .. import formats
+
+        if fmt not in formats.available():
+            raise UserError(f"unknown box format {fmt!r}; available: {', '.join(formats.available())}")
+    processor = load_processor(path, spec, trust_remote_code=trust_remote_code)
+    model_cls = getattr(transformers, spec.model_class)
+    try:
+        model = model_cls.from_pretrained(
+            str(path),
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            dtype=resolve_dtype(dtype, device),
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot load the {spec.model_class}: {e}") from None
+    model.to(device).eval()
+    return ModelAdapter(model, processor, spec, fmt=fmt, device=device)
+
+
+__all__ = ["available_families", "load"]

@@ -1,0 +1,87 @@
+"""Loading processors, with an image-only path for families whose transformers processor wants a video processor.
+
+transformers 5 builds the Qwen2-VL, Qwen2.5-VL and InternVL video processors on torchvision. Without torchvision,
+``AutoProcessor.from_pretrained`` either raises ("Can't load video processor") or, on some directories, silently
+returns only the tokenizer. Images do not need the video processor, so :func:`image_only` derives a processor
+class without that attribute: it builds, runs, saves and reloads like the original (the saved files name the
+original class, so a machine with torchvision loads the same directory with ``AutoProcessor`` as usual).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from ..errors import UserError
+from .families import FamilySpec
+
+
+def torchvision_available() -> bool:
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@cache
+def image_only(processor_cls: type) -> type:
+    """``processor_cls`` without its video processor (the image processor and tokenizer only)."""
+
+    class ImageOnly(processor_cls):
+        @classmethod
+        def get_attributes(cls):
+            return [a for a in super().get_attributes() if a != "video_processor"]
+
+    # Saved configs record the class name; keep the original so the directory stays a normal one.
+    ImageOnly.__name__ = processor_cls.__name__
+    ImageOnly.__qualname__ = processor_cls.__qualname__
+    ImageOnly.spr_image_only = True
+    return ImageOnly
+
+
+def processor_class(spec: FamilySpec) -> type:
+    import transformers
+
+    cls = getattr(transformers, spec.processor_class)
+    if spec.has_video_processor and not torchvision_available():
+        return image_only(cls)
+    return cls
+
+
+def is_full_processor(processor) -> bool:
+    """True when ``processor`` is a multimodal processor (not a bare tokenizer) with an image processor."""
+    from transformers.processing_utils import ProcessorMixin
+
+    return isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_processor_files(path: Path) -> None:
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer files (expected tokenizer.json or tokenizer_config.json)")
+    if not any((path / f).exists() for f in PROCESSOR_FILES):
+        raise UserError(
+            f"{path}: no image processor configuration (expected {' or '.join(PROCESSOR_FILES)}); "
+            "save the processor with processor.save_pretrained(DIR)"
+        )
+
+
+def load_processor(path: str | Path, spec: FamilySpec, trust_remote_code: bool = False):
+    """The family's full processor from a local directory (image-only when torchvision is missing)."""
+    path = Path(path)
+    check_processor_files(path)
+    cls = processor_class(spec)
+    try:
+        processor = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: cannot load the {spec.processor_class}: {e}") from None
+    if not is_full_processor(processor):
+        raise UserError(
+            f"{path}: loaded a {type(processor).__name__}, not a {spec.processor_class} with an image processor"
+        )
+    if processor.chat_template is None:
+        raise UserError(
+            f"{path}: the processor has no chat template (expected chat_template.jinja or chat_template.json)"
+        )
+    return processor
