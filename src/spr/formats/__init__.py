@@ -40,9 +40,9 @@ def parse(text: str, fmt: str, image_size: tuple[int, int], **geometry) -> Parse
 
 
 def render(groundings, fmt: str, image_size: tuple[int, int], **geometry) -> str:
-    """Text in format ``fmt`` for ``groundings`` (objects with .phrase and .box, or (phrase, box) pairs)."""
-    gs = [g if isinstance(g, Grounding) else Grounding(g[0], tuple(g[1])) for g in groundings]
-    return get(fmt).render(gs, tuple(image_size), **geometry)
+    """Text in format ``fmt`` for ``groundings`` (Grounding objects, ``{"phrase", "box"}`` dicts or
+    ``(phrase, box)`` pairs)."""
+    return get(fmt).render(groundings, tuple(image_size), **geometry)
 
 
 def format_box(box, fmt: str, image_size: tuple[int, int], **geometry) -> str:

@@ -1,0 +1,71 @@
+"""InternVL: ``<ref>phrase</ref><box>[[x1, y1, x2, y2]]</box>``, integers on a 0-1000 grid of the image.
+
+Several boxes of one phrase share one group: ``<box>[[x1, y1, x2, y2], [x1, y1, x2, y2]]</box>``.
+Span: the inner ``[x1, y1, x2, y2]`` of one box (brackets included), so replacing it keeps the group valid.
+Reading is tolerant: spacing, a single bracket ``<box>[x1, y1, x2, y2]</box>``, bare numbers in the group.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Codec, Grounding, Parsed
+from .grid import from_grid, to_grid
+from .text import FIRST, join_inline, number_list, numbers, runs, tagged_phrase
+
+SCALE = 1000
+_GROUP = re.compile(r"<box>([^<]*)</box>")
+_INNER = re.compile(r"\[([^\[\]]*)\]")
+_REF = re.compile(r"<ref>([^<]*)</ref>")
+
+
+class InternVLCodec(Codec):
+    def read(self, text, image_size, **geometry):
+        out = Parsed()
+        prev_end, previous = 0, FIRST
+        n = 0
+        for g in _GROUP.finditer(text):
+            phrase = tagged_phrase(text[prev_end : g.start()], _REF, previous)
+            prev_end, previous = g.end(), phrase
+            inner = list(_INNER.finditer(g.group(1)))
+            if inner:
+                items = [(m.group(1), g.start(1) + m.start(), g.start(1) + m.end()) for m in inner]
+            else:  # no brackets at all: the group's numbers are one box
+                items = [(g.group(1), g.start(1), g.end(1))]
+            for body, start, end in items:
+                n += 1
+                where = f"box {n}"
+                vals = number_list(body)
+                if vals is None and not inner:
+                    vals = numbers(body)
+                if vals is None or len(vals) != 4:
+                    out.problems.append(
+                        f"{where}: expected [x1, y1, x2, y2], cannot read {text[start:end]!r}"
+                    )
+                    continue
+                box = self.finish_box(from_grid(vals, image_size, SCALE), image_size, out.problems, where)
+                if box is not None:
+                    out.append(Grounding(phrase, box, (start, end)))
+        unclosed = text.count("<box>") - len(_GROUP.findall(text))
+        if unclosed > 0:
+            out.problems.append(f"{unclosed} <box> without a readable </box> (truncated?)")
+        return out
+
+    def write_box(self, box, image_size, **geometry):
+        x1, y1, x2, y2 = to_grid(box, image_size, SCALE)
+        return f"[{x1}, {y1}, {x2}, {y2}]"
+
+    def write(self, groundings, image_size, **geometry):
+        parts = []
+        for phrase, boxes in runs(groundings):
+            ref = f"<ref>{phrase}</ref>" if phrase else ""
+            inner = ", ".join(self.write_box(b, image_size) for b in boxes)
+            parts.append((phrase, f"{ref}<box>[{inner}]</box>"))
+        return join_inline(parts)
+
+
+CODEC = InternVLCodec(
+    name="internvl",
+    description=__doc__.strip(),
+    examples=["<ref>a man</ref><box>[[250, 250, 750, 1000]]</box>"],
+)
