@@ -33,6 +33,8 @@ class InternVLCodec(Codec):
             else:  # no brackets at all: the group's numbers are one box
                 items = [(g.group(1), g.start(1), g.end(1))]
             for body, start, end in items:
+                if not body.strip(" ,"):
+                    continue  # an empty [] (e.g. left where a box was removed) holds no box
                 n += 1
                 where = f"box {n}"
                 vals = number_list(body)
