@@ -2,7 +2,7 @@
 ``A man [120, 50, 480, 990] holding a cup [450, 300, 560, 420]``.
 
 Written rounded and clamped to 0..999 (Ferret's grid stops below 1000); read as ``v / 1000 * W``.
-Span: the whole ``[x1, y1, x2, y2]``. Phrase: the words just before the box since the previous box or sentence
+Span: the whole ``[x1, y1, x2, y2]``. Phrase: the words just before the box since the previous box or clause
 punctuation (at most 8; see :mod:`spr.formats.text`); boxes separated only by commas or "and" share a phrase.
 """
 
