@@ -108,11 +108,13 @@ def candidate(
     )
 
 
-def write_run(root: Path, extra: list[tuple[str, str]] = ()) -> tuple[Path, dict[str, str]]:
-    """regions.jsonl, candidates.jsonl and the image under ``root``; returns the dir and {name: candidate id}."""
+def write_run(root: Path, extra: list[tuple[str, str]] = (), names=None) -> tuple[Path, dict[str, str]]:
+    """regions.jsonl, candidates.jsonl and the image under ``root``: the hand-made descriptions (those in
+    ``names``, default all) and ``extra``; returns the dir and {name: candidate id}."""
     region = fixture_region(draw_image(root / "images" / "scene.png"))
+    texts = [(n, t) for n, t in hand_made_texts().items() if names is None or n in names]
     cands, ids = [], {}
-    for i, (name, text) in enumerate([*hand_made_texts().items(), *extra]):
+    for i, (name, text) in enumerate([*texts, *extra]):
         c = candidate(region, name, text, i)
         cands.append(c)
         ids[name] = c.id
