@@ -17,11 +17,15 @@ from spr.errors import UserError
 # command name -> module implementing it. Add a stage by adding a line here.
 COMMANDS: dict[str, str] = {
     "tiny-model": "spr.models.tiny",
+    "generate": "spr.generate",
     "score": "spr.scoring.command",
     "pairs": "spr.pairs",
     "report": "spr.report.command",
     "regions": "spr.regions",
     "toy": "spr.toy.cli",
+    "train": "spr.train",
+    "merge": "spr.merge",
+    "eval": "spr.evaluate.cli",
 }
 
 
