@@ -161,3 +161,87 @@ def make_captions(root: Path) -> Path:
     path = root / "captions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def make_dpo_jsonl(root: Path, n: int = 4, fmt: str = "qwen2_vl", prompt: str = "Where is {label}?") -> Path:
+    """``dpo.jsonl`` as `spr pairs` writes it: chosen = the right box, rejected = the other object's box; every
+    other pair shows a crop (``crop_box`` set, boxes in crop pixels)."""
+    from spr import formats
+
+    images = write_images(root / "images")
+    rows = []
+    for name, (size, objects) in SCENES.items():
+        for k, (label, box) in enumerate(objects):
+            other = objects[1 - k][1]
+            crop = None
+            view = size
+            if len(rows) % 2 == 1:
+                crop = [0, 0, size[0], size[1]]  # a crop the size of the image keeps both boxes inside
+            rows.append(
+                {
+                    "id": f"{name}/{k}",
+                    "images": [str(images[name])],
+                    "crop_box": crop,
+                    "prompt": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image"},
+                                {"type": "text", "text": prompt.format(label=label)},
+                            ],
+                        }
+                    ],
+                    "chosen": [
+                        {
+                            "role": "assistant",
+                            "content": [
+                                {"type": "text", "text": f"the {label} " + formats.format_box(box, fmt, view)}
+                            ],
+                        }
+                    ],
+                    "rejected": [
+                        {
+                            "role": "assistant",
+                            "content": [
+                                {
+                                    "type": "text",
+                                    "text": f"the {label} " + formats.format_box(other, fmt, view),
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
+            if len(rows) >= n:
+                break
+        if len(rows) >= n:
+            break
+    path = root / "dpo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_regions(root: Path) -> Path:
+    """Held-out regions (Region records) for the grounded description evaluation: one per image."""
+    images = write_images(root / "images")
+    rows = []
+    for name, (size, objects) in SCENES.items():
+        boxes = [b for _, b in objects]
+        region = [
+            min(b[0] for b in boxes),
+            min(b[1] for b in boxes),
+            max(b[2] for b in boxes),
+            max(b[3] for b in boxes),
+        ]
+        rows.append(
+            {
+                "id": f"{name}/r0",
+                "image": str(images[name]),
+                "image_size": list(size),
+                "region_box": region,
+                "objects": [{"label": lbl, "box": list(b)} for lbl, b in objects],
+            }
+        )
+    path = root / "regions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "report": "spr.report.command",
     "regions": "spr.regions",
     "toy": "spr.toy.cli",
+    "train": "spr.train",
+    "merge": "spr.merge",
+    "eval": "spr.evaluate.cli",
 }
 
 

@@ -14,21 +14,8 @@ def load_adapter(model_dir, family: str | None = None, device: str = "cpu", trus
 
 def greedy_generate(adapter, images: list, prompts: list[str], max_new_tokens: int) -> list[str]:
     """One greedy answer per (image, prompt), in one left-padded batch."""
-    import torch
-
     inputs = adapter.build_inputs(images, prompts, add_generation_prompt=True)
-    inputs = inputs.to(adapter.model.device)
-    tokenizer = getattr(adapter.processor, "tokenizer", adapter.processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else adapter.eos_token_id
-    with torch.inference_mode():
-        out = adapter.model.generate(
-            **inputs,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=adapter.eos_token_id,
-            pad_token_id=pad_id,
-        )
-    new_tokens = out[:, inputs["input_ids"].shape[1] :]
+    new_tokens = adapter.generate(inputs, do_sample=False, max_new_tokens=max_new_tokens)
     return [adapter.decode(row) for row in new_tokens]
 
 
