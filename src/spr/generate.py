@@ -42,6 +42,8 @@ class GenerateConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     max_new_tokens: int = 256
     """Longest description, in tokens."""
+    min_new_tokens: int = 0
+    """Shortest description, in tokens (benchmarks set it to max_new_tokens to fix the amount of work)."""
     batch_size: int = 4
     """Prompts per generate call (each with ``samples`` sequences, so batch_size * samples rows)."""
     seed: int = 0
@@ -180,6 +182,8 @@ def generate_into(
     done = set(done or ()) | writer.ids
     greedy = config.temperature <= 0
     gen_kwargs = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=config.samples)
+    if config.min_new_tokens:
+        gen_kwargs["min_new_tokens"] = config.min_new_tokens
     gen_kwargs.update(
         dict(do_sample=False)
         if greedy
