@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from spr.errors import UserError
-from spr.models import available_families, load
+from spr.models import available_families, load, load_processor
 from spr.models.processors import is_full_processor
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava", "idefics3", "internvl"]
@@ -143,3 +143,31 @@ def test_tiny_model_cli(tmp_path):
     assert main(["tiny-model", "--family", "llava", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").exists()
     assert load(tmp_path / "m").family == "llava"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_processor_gives_the_full_processor_and_it_pickles(family, tiny_model_dir):
+    import pickle
+
+    processor = load_processor(tiny_model_dir(family))
+    assert is_full_processor(processor) and processor.chat_template
+    again = pickle.loads(pickle.dumps(processor))
+    assert type(again) is type(processor) and is_full_processor(again)
+
+
+def test_legacy_processor_layout_loads(tiny_model_dir, tmp_path):
+    """Released Qwen2-VL directories keep the image processor in preprocessor_config.json and the chat template
+    in chat_template.json, with no processor_config.json."""
+    d = copy_model(tiny_model_dir("qwen2_vl"), tmp_path / "m")
+    image_processor = json.loads((d / "processor_config.json").read_text())["image_processor"]
+    (d / "preprocessor_config.json").write_text(
+        json.dumps({**image_processor, "processor_class": "Qwen2VLProcessor"})
+    )
+    (d / "processor_config.json").unlink()
+    (d / "chat_template.json").write_text(
+        json.dumps({"chat_template": (d / "chat_template.jinja").read_text()})
+    )
+    (d / "chat_template.jinja").unlink()
+    adapter = load(d)
+    assert is_full_processor(adapter.processor)
+    assert adapter.build_inputs(images()[:1], ["hi"])["image_grid_thw"].shape == (1, 3)

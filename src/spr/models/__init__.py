@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from .adapter import ModelAdapter
 from .families import FAMILIES, FamilySpec, available_families, get_family
-from .loading import load
+from .loading import load, load_processor
 
-__all__ = ["FAMILIES", "FamilySpec", "ModelAdapter", "available_families", "get_family", "load"]
+__all__ = [
+    "FAMILIES",
+    "FamilySpec",
+    "ModelAdapter",
+    "available_families",
+    "get_family",
+    "load",
+    "load_processor",
+]

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from .adapter import ModelAdapter
 from .families import FAMILIES, available_families, family_for_model_type, get_family
-from .processors import load_processor
+from .processors import load_processor as _load_family_processor
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 UNSAFE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
@@ -70,6 +70,18 @@ def resolve_dtype(dtype, device: str):
     return dtype
 
 
+def load_processor(model_dir: str | Path, family: str | None = None, trust_remote_code: bool = False):
+    """The full processor (image processor + tokenizer + chat template) of the model in ``model_dir``.
+
+    Use this rather than ``AutoProcessor.from_pretrained``, which without torchvision fails on the Qwen2-VL,
+    Qwen2.5-VL and InternVL families (their video processors need it) or returns only the tokenizer."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such model directory")
+    spec = resolve_family(read_config(path), family, path)
+    return _load_family_processor(path, spec, trust_remote_code=trust_remote_code)
+
+
 def load(
     model_dir: str | Path,
     family: str | None = None,
@@ -95,7 +107,7 @@ def load(
 
         if fmt not in formats.available():
             raise UserError(f"unknown box format {fmt!r}; available: {', '.join(formats.available())}")
-    processor = load_processor(path, spec, trust_remote_code=trust_remote_code)
+    processor = _load_family_processor(path, spec, trust_remote_code=trust_remote_code)
     model_cls = getattr(transformers, spec.model_class)
     try:
         model = model_cls.from_pretrained(
@@ -111,4 +123,4 @@ def load(
     return ModelAdapter(model, processor, spec, fmt=fmt, device=device)
 
 
-__all__ = ["available_families", "load"]
+__all__ = ["available_families", "load", "load_processor"]

@@ -32,9 +32,23 @@ def image_only(processor_cls: type) -> type:
 
     # Saved configs record the class name; keep the original so the directory stays a normal one.
     ImageOnly.__name__ = processor_cls.__name__
-    ImageOnly.__qualname__ = processor_cls.__qualname__
+    ImageOnly.__qualname__ = processor_cls.__name__
+    ImageOnly.__module__ = __name__
     ImageOnly.spr_image_only = True
+    # Reachable by module and name, so that processors pickle (datasets.map, multiprocessing).
+    globals()[processor_cls.__name__] = ImageOnly
     return ImageOnly
+
+
+def __getattr__(name: str):
+    # A fresh process unpickling an image-only processor finds its class here.
+    from .families import FAMILIES
+
+    if any(s.has_video_processor and s.processor_class == name for s in FAMILIES.values()):
+        import transformers
+
+        return image_only(getattr(transformers, name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def processor_class(spec: FamilySpec) -> type:
