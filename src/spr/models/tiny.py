@@ -45,6 +45,9 @@ def _ids(tokenizer, spec: FamilySpec) -> dict:
     return ids
 
 
+token_ids = _ids  # public name: the special-token ids a config and generation config need
+
+
 def _qwen_config(name: str, tokenizer, spec: FamilySpec):
     import transformers
 
