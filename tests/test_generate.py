@@ -46,7 +46,9 @@ def generate(model, regions, out, *extra):
     )
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava", "idefics3", "internvl"])
+@pytest.mark.parametrize(
+    "family", ["qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision", "idefics3", "internvl"]
+)
 def test_regions_then_generate_end_to_end(family, tiny_model_dir, regions, tmp_path):
     out = tmp_path / "candidates.jsonl"
     assert generate(tiny_model_dir(family), regions, out, "--limit", "2") == 0

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from spr.errors import UserError
-from spr.models import available_families, load, load_processor
+from spr.models import available_families, get_family, load, load_processor
 from spr.models.processors import is_full_processor
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava", "idefics3", "internvl"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision", "idefics3", "internvl"]
 
 
 def images():
@@ -47,13 +47,13 @@ def test_tiny_model_forward_generate_and_round_trip(family, tiny_model_dir, tmp_
         assert torch.equal(again.model(**inputs2).logits, logits)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl"])
 def test_saved_processor_names_the_standard_class(family, tiny_model_dir):
-    """The image-only processor saves as the family's own class, so the directory is a normal one."""
+    """These families' processors take a video processor (torchvision); the image-only stand-in saves under
+    the family's own class name, so the directory stays a normal one."""
     config = json.loads((tiny_model_dir(family) / "processor_config.json").read_text())
-    assert (
-        config["processor_class"] == {"qwen2_vl": "Qwen2VLProcessor", "internvl": "InternVLProcessor"}[family]
-    )
+    assert config["processor_class"] == get_family(family).processor_class
+    assert "video_processor" not in config
 
 
 def test_tokenizer_keeps_special_tokens_whole_and_digits_apart(tiny_model_dir):

@@ -4,7 +4,7 @@
 >>> adapter.family, adapter.fmt
 ('qwen2_vl', 'qwen2_vl')
 
-Families: qwen2_vl, qwen2_5_vl, llava, idefics3, internvl (see :mod:`spr.models.families`).
+Families: qwen2_vl, qwen2_5_vl, llava, llava_onevision, idefics3, internvl (see :mod:`spr.models.families`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Box formats (``default_fmt``), overridable per run with ``fmt=``:
 - qwen2_5_vl: JSON ``bbox_2d`` in pixels of the resized model input; the geometry (``input_size``) is read
   from the processor's own resize (image_grid_thw * patch size).
 - internvl: ``<ref>..</ref><box>[[x1, y1, x2, y2]]</box>`` on a 0-1000 grid.
-- llava, idefics3: neither family has one grounding format of its own (LLaVA-1.5 writes normalized floats,
+- llava, llava_onevision, idefics3: none of these families has one grounding format of its own (LLaVA-1.5 writes normalized floats,
   fine-tunes differ), so ``plain_norm`` (``[x1, y1, x2, y2]`` floats in 0-1 of the image) is the default. The
   tiny LLaVA resizes the whole image to a square (no centre crop) so that 0-1 coordinates cover the whole image;
   for a real LLaVA checkpoint whose processor centre-crops, choose the format that matches its training.
@@ -59,6 +59,15 @@ LLAVA_CHAT_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}</s>{% endif %}\n"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 IDEFICS3_TOKENS = (
@@ -169,6 +178,19 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="</s>",
             pad_token="<pad>",
             bos_token="<s>",
+        ),
+        FamilySpec(
+            name="llava_onevision",
+            model_types=("llava_onevision",),
+            model_class="LlavaOnevisionForConditionalGeneration",
+            processor_class="LlavaOnevisionProcessor",
+            default_fmt="plain_norm",
+            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+            special_tokens=(*QWEN_TOKENS, "<image>", "<video>"),
+            chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            has_video_processor=True,
         ),
         FamilySpec(
             name="idefics3",

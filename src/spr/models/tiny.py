@@ -130,6 +130,42 @@ def _llava(spec, tokenizer):
     return config, processor
 
 
+def _llava_onevision(spec, tokenizer):
+    import transformers
+
+    from .processors import processor_class
+
+    image_size, patch = 28, 7
+    config = transformers.LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        text_config=dict(TEXT, model_type="qwen2", vocab_size=len(tokenizer), **_ids(tokenizer, spec)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[28, 28], [28, 56], [56, 28], [56, 56]],
+    )
+    image_processor = transformers.LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=[[28, 28], [28, 56], [56, 28], [56, 56]],
+    )
+    processor = processor_class(spec)(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=spec.chat_template,
+    )
+    return config, processor
+
+
 def _idefics3(spec, tokenizer):
     import transformers
 
@@ -206,9 +242,12 @@ def make_tiny(family: str, seed: int = 0):
     if family in ("qwen2_vl", "qwen2_5_vl"):
         config, processor = _qwen_config(family, tokenizer, spec), _qwen_processor(spec, tokenizer)
     else:
-        config, processor = {"llava": _llava, "idefics3": _idefics3, "internvl": _internvl}[family](
-            spec, tokenizer
-        )
+        config, processor = {
+            "llava": _llava,
+            "llava_onevision": _llava_onevision,
+            "idefics3": _idefics3,
+            "internvl": _internvl,
+        }[family](spec, tokenizer)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).eval()
     model.generation_config = GenerationConfig(**_ids(tokenizer, spec))
