@@ -92,7 +92,6 @@ def near(pixels: np.ndarray, rgb, tol: int = 30) -> int:
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_renders_boxes_and_shows_script_as_text_in_chromium(tmp_path):
     built = make_report(tmp_path / "built")

@@ -285,6 +285,24 @@ def test_tiny_owlv2_detector_wiring(tmp_path_factory, tmp_path):
     assert det.detect(image, []) == []
 
 
+def test_owlv2_boxes_scale_by_the_padded_square(tmp_path_factory, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from spr.scoring.detector import DetectorConfig, OpenVocabDetector
+
+    det = OpenVocabDetector(DetectorConfig(str(tiny_owlv2_dir(tmp_path_factory)), threshold=0.0))
+    seen = []
+    post = det.processor.post_process_grounded_object_detection
+
+    def spy(outputs, **kw):
+        seen.append(kw["target_sizes"])
+        return post(outputs, **kw)
+
+    monkeypatch.setattr(det.processor, "post_process_grounded_object_detection", spy)
+    det.detect(Image.new("RGB", (640, 480)), ["car"])
+    assert seen == [[(640, 640)]]  # not (480, 640): OWLv2 predicts on the image padded to a square
+
+
 # ------------------------------------------------------------------ CLIP scorer wiring (tiny random CLIP)
 
 
@@ -305,6 +323,17 @@ def test_clip_scorer_is_the_mean_of_crop_and_context_similarities(tmp_path, clip
     ctx = enc.encode_regions_in_context(image, [REGION_BOX])[0]
     text = enc.encode_texts(["a person next to a car"])[0]
     assert got == pytest.approx(0.5 * (float(crop @ text) + float(ctx @ text)), abs=1e-5)
+
+
+def test_clip_scorer_survives_an_unusable_region_box(tmp_path, clip_scorer):
+    from PIL import Image
+
+    region = fixture_region(draw_image(tmp_path / "scene.png"))
+    image = Image.open(region.image).convert("RGB")
+    for box in ([math.nan, 0, 10, 10], [700, 500, 900, 600], [5, 5, 5, 5]):
+        region.region_box = box
+        state = clip_scorer.prepare(region, image, None)  # falls back to the whole image
+        assert np.isfinite(clip_scorer.score(state, [SemanticItem("a car")])[0])
 
 
 def test_clip_scorer_shares_image_embeddings_and_batches_texts(tmp_path, clip_scorer, monkeypatch):

@@ -63,6 +63,11 @@ class OpenVocabDetector:
         with torch.inference_mode():
             outputs = self.model(**inputs)
         target = [(image.height, image.width)]
+        if self.model_type == "owlv2":
+            # OWLv2 pads the image to a square (bottom and right) before predicting: its boxes are relative to
+            # that square, so they scale by the longer side, then anything on the padding is clipped away.
+            side = max(image.size)
+            target = [(side, side)]
         if self.model_type == "grounding-dino":
             result = self.processor.post_process_grounded_object_detection(
                 outputs,

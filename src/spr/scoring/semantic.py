@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .. import boxes as B
 from ..data.records import Region
 from .references import ReferenceSet
 from .text import clauses, split_to_fit
@@ -65,6 +66,15 @@ def _cos_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
+def region_box_in(image: Image.Image, box) -> tuple[float, float, float, float]:
+    """The region box clipped to the image; the whole image when the box is unusable there."""
+    if B.problem(box) is None:
+        clipped = B.clip(box, image.size)
+        if B.is_valid(clipped):
+            return clipped
+    return (0.0, 0.0, float(image.width), float(image.height))
+
+
 class ClipScorer(SemanticScorer):
     name = "clip"
     needs_image = True
@@ -76,11 +86,11 @@ class ClipScorer(SemanticScorer):
         self.text_batch_size = text_batch_size
 
     def prepare(self, region, image, references):
-        x1, y1, x2, y2 = region.region_box
-        crop_box = (int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)), int(np.ceil(y2)))
-        crop = image.crop(crop_box)
+        box = region_box_in(image, region.region_box)
+        x1, y1, x2, y2 = box
+        crop = image.crop((int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)), int(np.ceil(y2))))
         crop_emb = self.encoder.encode_images([crop])[0].numpy()
-        context_emb = self.encoder.encode_regions_in_context(image, [region.region_box])[0].numpy()
+        context_emb = self.encoder.encode_regions_in_context(image, [box])[0].numpy()
         return np.stack([crop_emb, context_emb])  # (2, D)
 
     def pieces(self, text: str) -> list[str]:
