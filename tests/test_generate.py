@@ -189,3 +189,22 @@ def test_two_processes_write_the_same_ids_as_one(tiny_model_dir, regions, tmp_pa
     assert sorted(ids_of(two)) == sorted(ids_of(one))
     assert not list(tmp_path.glob("two.shard*"))  # merged and removed
     assert re.search(r"candidates written +\| 24 ", result.stdout)  # one summary, over both processes
+
+
+def test_a_view_the_processor_refuses_skips_only_that_prompt(tiny_model_dir, regions, tmp_path, capsys):
+    """Qwen2-VL refuses images with an aspect ratio over 200: a thin strip's crop is skipped, its other prompts
+    and the other regions in the same batch go on."""
+    rs = read_records(regions, Region)
+    strip = Region(**{**rs[0].to_dict(), "id": "strip", "region_box": [10.0, 100.0, 610.0, 102.0]})
+    path = tmp_path / "regions.jsonl"
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in [strip, rs[1]]))
+    out = tmp_path / "c.jsonl"
+    assert generate(tiny_model_dir("qwen2_vl"), path, out) == 0
+    got = set(ids_of(out))
+    assert got == {f"{r}/{p}/{s}" for r in ("strip", rs[1].id) for p in BUILTIN for s in (0, 1)} - {
+        "strip/crop/0",
+        "strip/crop/1",
+    }
+    summary = capsys.readouterr().out
+    assert re.search(r"prompts skipped: view refused by the processor +\| 1 ", summary)
+    assert "region strip prompt crop: view refused by the processor: absolute aspect ratio" in summary

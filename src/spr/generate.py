@@ -64,9 +64,13 @@ class GenerateStats:
     new_tokens: int = 0
     seconds: float = 0.0
 
-    def skip(self, region_id: str, reason: str, detail: str) -> None:
-        self.regions_skipped[reason] += 1
-        message = f"region {region_id}: {reason}: {detail}"
+    prompts_skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, region_id: str, reason: str, detail: str, prompt_id: str | None = None) -> None:
+        """Report a region (or one prompt of it, when ``prompt_id`` is given) that is skipped, and why."""
+        (self.prompts_skipped if prompt_id else self.regions_skipped)[reason] += 1
+        where = f"region {region_id}" + (f" prompt {prompt_id}" if prompt_id else "")
+        message = f"{where}: {reason}: {detail}"
         if len(self.skip_examples) < 20:
             self.skip_examples.append(message)
         log.warning(message)
@@ -74,6 +78,7 @@ class GenerateStats:
     def merge(self, other: GenerateStats) -> None:
         self.regions += other.regions
         self.regions_skipped.update(other.regions_skipped)
+        self.prompts_skipped.update(other.prompts_skipped)
         self.skip_examples += other.skip_examples[: max(0, 20 - len(self.skip_examples))]
         for name in ("written", "already_present", "with_problems", "without_boxes", "new_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -146,10 +151,15 @@ class _Item:
 
 
 def _items(adapter, regions, templates, done: set[str], samples: int, stats: GenerateStats):
-    """(region, prompt) work items still missing at least one sample, with their view images; regions with a
-    bad image are reported and skipped. Yields (items of one region, whether the region was complete)."""
+    """For each region, its (region, prompt) work items still missing at least one sample, with their view
+    images (an empty list when there is nothing to do). Regions with a bad image are reported and skipped."""
     for region in regions:
-        rendered = adapter.description_prompts(region, templates)
+        rendered = []
+        for t in templates:
+            try:
+                rendered += adapter.description_prompts(region, [t])
+            except ValueError as e:  # e.g. a crop the processor refuses (Qwen2-VL: aspect ratio over 200)
+                stats.skip(region.id, "view refused by the processor", str(e), prompt_id=t.id)
         todo = [
             p
             for p in rendered
@@ -193,20 +203,33 @@ def generate_into(
     bar = tqdm(total=len(regions), desc="generate", unit="region", disable=not progress, dynamic_ncols=True)
     pending: list[_Item] = []
 
-    def flush():
-        nonlocal pending
-        if not pending:
+    def run_batch(items: list[_Item]) -> None:
+        try:
+            inputs = adapter.build_inputs([it.image for it in items], [it.prompt.text for it in items])
+        except ValueError as e:  # the processor refuses one of the images: find it, run the others
+            if len(items) > 1:
+                for item in items:
+                    run_batch([item])
+            else:
+                stats.skip(
+                    items[0].region.id, "view refused by the processor", str(e), items[0].prompt.prompt_id
+                )
             return
-        inputs = adapter.build_inputs([it.image for it in pending], [it.prompt.text for it in pending])
         new = adapter.generate(inputs, **gen_kwargs)
         for row, tokens in enumerate(new):
-            item, sample = pending[row // config.samples], row % config.samples
+            item, sample = items[row // config.samples], row % config.samples
             stats.new_tokens += adapter.count_new_tokens(tokens)
             cand = make_candidate(item.region, item.prompt, sample, adapter.decode(tokens), adapter.fmt)
             if writer.write(cand):
                 stats.written += 1
                 stats.with_problems += bool(cand.problems)
                 stats.without_boxes += not cand.groundings
+
+    def flush():
+        nonlocal pending
+        if not pending:
+            return
+        run_batch(pending)
         pending = []
         elapsed = time.perf_counter() - start
         bar.set_postfix(candidates=stats.written, tok_s=f"{stats.new_tokens / max(elapsed, 1e-9):.1f}")
@@ -361,6 +384,7 @@ def summary_table(stats: GenerateStats, out: Path) -> str:
         ["seconds", round(stats.seconds, 1)],
     ]
     rows += [[f"regions skipped: {reason}", count] for reason, count in sorted(stats.regions_skipped.items())]
+    rows += [[f"prompts skipped: {reason}", count] for reason, count in sorted(stats.prompts_skipped.items())]
     text = markdown_table(["generate", "value"], rows)
     if stats.skip_examples:
         text += "\n" + "\n".join(f"  {e}" for e in stats.skip_examples)
