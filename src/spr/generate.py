@@ -10,6 +10,11 @@ id already written, so a killed run ends with exactly one record per id.
 Data parallel: under ``accelerate launch`` or ``torchrun`` process r of w takes ``regions[r::w]`` and writes its
 own shard (``candidates.shard0r-of-0w.jsonl``); after a barrier, process 0 merges every shard into the output.
 Shards left by a killed run (of any process count) count as done and are merged by the next run.
+
+    torchrun --standalone --nproc_per_node 2 -m spr.cli generate --model M --regions R --out C   # CPU or GPU
+    accelerate launch --multi_gpu --num_processes 2 -m spr.cli generate ...                     # GPUs
+
+(``accelerate launch --cpu --num_processes 2`` starts a single process unless MPI is set up; use torchrun.)
 """
 
 from __future__ import annotations
@@ -403,22 +408,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--regions", required=True, help="regions.jsonl written by `spr regions`")
     p.add_argument("--out", required=True, help="candidates.jsonl to write (ids already there are skipped)")
-    p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
     p.add_argument(
-        "--temperature", type=float, default=d.temperature, help="sampling temperature (0: greedy)"
+        "--samples",
+        type=int,
+        default=d.samples,
+        help="candidates per region and prompt (default: %(default)s)",
     )
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling threshold")
     p.add_argument(
-        "--max-new-tokens", type=int, default=d.max_new_tokens, help="longest description in tokens"
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="sampling temperature, 0 for greedy (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per generate call")
+    p.add_argument(
+        "--top-p", type=float, default=d.top_p, help="nucleus sampling threshold (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help="longest description in tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="prompts per generate call, each with --samples sequences (default: %(default)s)",
+    )
     p.add_argument(
         "--prompts",
         default=None,
         help="comma-separated built-in prompt ids (region_box, crop, hints) and/or JSON/YAML template files; "
         "default: all built-in prompts",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N regions")
     p.add_argument("--family", default=None, help="model family, overriding config.model_type")
     p.add_argument("--format", dest="fmt", default=None, help="box format, overriding the family's")
