@@ -12,7 +12,7 @@ own shard (``candidates.shard0r-of-0w.jsonl``); after a barrier, process 0 merge
 Shards left by a killed run (of any process count) count as done and are merged by the next run.
 
     torchrun --standalone --nproc_per_node 2 -m spr.cli generate --model M --regions R --out C   # CPU or GPU
-    accelerate launch --multi_gpu --num_processes 2 -m spr.cli generate ...                     # GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m spr.cli generate ...    # GPUs (works on CPU too)
 
 (``accelerate launch --cpu --num_processes 2`` starts a single process unless MPI is set up; use torchrun.)
 """
