@@ -207,6 +207,14 @@ def test_pairs_group_by_prompt_and_skip_what_teaches_nothing(tmp_path):
     assert {p.prompt_id: names[p.chosen_id] for p in pairs} == {"p0": "near", "p2": "precise"}
 
 
+def test_a_pair_whose_crop_cannot_be_rebuilt_is_skipped(tmp_path):
+    regions, cands, scores, _ = scored_run(tmp_path, {"p0": hand_made_texts()})
+    for c in cands.values():
+        c.crop_box = [float("nan"), 0, 10, 10]
+    pairs, stats = build_pairs(regions, cands, scores)
+    assert pairs == [] and stats["unusable crop box"] == 1
+
+
 def test_dpo_dataset_loads_with_datasets(tmp_path):
     import datasets
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scoring_fixtures import KeywordScorer, write_run
+from scoring_fixtures import KeywordScorer, candidate, draw_image, fixture_region, hand_made_texts, write_run
 
 from spr.cli import main
+from spr.data.jsonl import write_jsonl
 from spr.report import marked_text
 from spr.report.draw import CHOSEN, REGION, REJECTED
 from spr.report.svg import histogram_svg
@@ -66,6 +67,26 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     assert Image.open(run / srcs[0]).size == (480, 360)  # a small thumbnail, not the image
     assert "chosen" in html and "rejected" in html and "<svg" in html
     assert main(["report", "--run", str(tmp_path / "nowhere")]) == 2
+
+
+def test_report_shows_one_block_per_prompt_with_a_pair(tmp_path):
+    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
+    region = fixture_region(draw_image(tmp_path / "images" / "scene.png"))
+    texts = hand_made_texts()
+    cands = [
+        candidate(region, n, texts[n], i, prompt_id=p)
+        for i, (p, n) in enumerate([("p0", "precise"), ("p0", "vague"), ("p1", "near"), ("p1", "invented")])
+    ]
+    write_jsonl(tmp_path / "regions.jsonl", [region])
+    write_jsonl(tmp_path / "candidates.jsonl", cands)
+    files = ["--regions", str(tmp_path / "regions.jsonl"), "--candidates", str(tmp_path / "candidates.jsonl")]
+    assert main(["score", *files, "--out", str(tmp_path / "scores.jsonl"), "--semantic", "keywords"]) == 0
+    assert main(["report", "--run", str(tmp_path)]) == 0  # no pairs file: pairs computed from the scores
+    html = (tmp_path / "report.html").read_text()
+    assert re.findall(r'<section class="region" id="([^"]+)"', html) == ["img1/r0/p0", "img1/r0/p1"]
+    assert html.count("all 4 scored texts of this prompt") == 2
+    assert "pairs computed from the scores" in html
+    assert len(list((tmp_path / "report_files").iterdir())) == 2
 
 
 def chromium() -> str | None:

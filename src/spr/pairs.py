@@ -1,8 +1,8 @@
 """Preference pairs: per (region, prompt), chosen = the best-scored refined candidate, rejected = the lowest-scored
 original candidate (both answer the same prompt, as DPO needs one prompt per pair).
 
-A group is skipped, and counted, when it has no original candidate, when its chosen and rejected texts are
-identical, or when the margin (chosen total - rejected total) is not positive or is below ``min_margin``. When the
+A group is skipped, and counted, when it has no original candidate, when its prompt's crop box is unusable, when
+its chosen and rejected texts are identical, or when the margin (chosen total - rejected total) is not positive or is below ``min_margin``. When the
 scores hold no refined candidates (``spr score --no-refine``) the chosen is the best original candidate. Ties go
 to the smaller id, so the choice is deterministic.
 
@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import boxes as B
 from .data.jsonl import read_records, write_jsonl
 from .data.records import Candidate, Pair, Region, Score
 from .errors import UserError
@@ -33,6 +34,7 @@ SKIP_REASONS = (
     "identical chosen and rejected texts",
     "margin below threshold",
     "unknown region or candidate",
+    "unusable crop box",
 )
 
 
@@ -84,6 +86,9 @@ def build_pairs(
             stats["margin below threshold"] += 1
             continue
         region, cand = regions[region_id], candidates[rejected.candidate_id]
+        if cand.crop_box is not None and B.problem(cand.crop_box) is not None:
+            stats["unusable crop box"] += 1  # the trainer could not rebuild the image the prompt showed
+            continue
         pairs.append(
             Pair(
                 id=f"{region_id}/{prompt_id}",

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from PIL import Image
 
 from ..data.records import Candidate, Pair, Region, Score
+from ..pairs import prompt_key
 from .draw import CHOSEN, REFERENCE, REGION, REJECTED, Layer, thumbnail_with_boxes
 from .svg import histogram_svg
 
@@ -115,8 +116,9 @@ def _score_line(s: Score | None) -> str:
 
 
 def _region_section(
-    region: Region, pair: Pair | None, scores: list[Score], by_id: dict, out_dir: Path
+    region: Region, prompt_id: str | None, pair: Pair | None, scores: list[Score], by_id: dict, out_dir: Path
 ) -> str:
+    """One region and prompt: the image with its boxes, the pair's texts and scores, every scored text."""
     chosen = by_id.get(pair.chosen_id) if pair else None
     rejected = by_id.get(pair.rejected_id) if pair else None
     layers = [
@@ -128,7 +130,7 @@ def _region_section(
     try:
         with Image.open(region.image) as im:
             thumb = thumbnail_with_boxes(im, layers)
-        name = _asset_name(region.id)
+        name = _asset_name(region.id if prompt_id is None else f"{region.id}/{prompt_id}")
         thumb.save(out_dir / ASSETS / name)
         img = (
             f'<img src="{escape(ASSETS + "/" + quote(name))}" width="{thumb.width}" height="{thumb.height}" '
@@ -136,8 +138,9 @@ def _region_section(
         )
     except (OSError, ValueError) as e:
         img = f'<p class="muted">image not readable: {escape(str(region.image))} ({escape(str(e))})</p>'
-    parts = [f'<section class="region" id="{escape(region.id)}">', img, '<div class="texts">']
-    parts.append(f"<h3>{escape(region.id)}</h3>")
+    anchor = region.id if prompt_id is None else f"{region.id}/{prompt_id}"
+    parts = [f'<section class="region" id="{escape(anchor)}">', img, '<div class="texts">']
+    parts.append(f"<h3>{escape(anchor)}</h3>")
     if pair is not None:
         parts.append(f"<div><b>prompt</b> ({escape(pair.prompt_id)}): {escape(pair.prompt)}</div>")
         parts.append(f"<div><b>chosen</b> {escape(pair.chosen_id)}: {_score_line(chosen)}</div>")
@@ -161,7 +164,8 @@ def _region_section(
         ]
         for s in sorted(scores, key=lambda s: -s.total)
     ]
-    parts.append(f"<details><summary>all {len(scores)} scored texts of this region</summary>")
+    what = "region" if prompt_id is None else "prompt"
+    parts.append(f"<details><summary>all {len(scores)} scored texts of this {what}</summary>")
     parts.append(_table(["id", "refined", "total", "semantic", "loc", "F1", "problems", "text"], rows))
     parts.append("</details></div></section>")
     return "".join(parts)
@@ -235,17 +239,29 @@ def render_report(data: ReportData, out: str | Path, max_regions: int = 50, titl
     """Write the page to ``out`` (and its thumbnails to ``report_files/`` beside it)."""
     out = Path(out)
     (out.parent / ASSETS).mkdir(parents=True, exist_ok=True)
-    scores_by_region: dict[str, list[Score]] = defaultdict(list)
+    scores_by_key: dict[tuple[str, str | None], list[Score]] = defaultdict(list)
     for s in data.scores:
-        scores_by_region[s.region_id].append(s)
+        key = prompt_key(s.candidate_id, data.candidates) or (s.region_id, None)
+        scores_by_key[(s.region_id, key[1])].append(s)
     by_id = {s.id: s for s in data.scores}
-    pair_of = {}
-    for p in data.pairs:
-        pair_of.setdefault(p.region_id, p)
-    order = [r for r in data.regions if r in pair_of] + [
-        r for r in data.regions if r not in pair_of and r in scores_by_region
+    pairs_of: dict[str, list[Pair]] = defaultdict(list)
+    for p in sorted(data.pairs, key=lambda p: p.prompt_id):
+        pairs_of[p.region_id].append(p)
+    scored_regions = {r for r, _ in scores_by_key}
+    order = [r for r in data.regions if r in pairs_of] + [
+        r for r in data.regions if r not in pairs_of and r in scored_regions
     ]
     shown = order[:max_regions]
+    sections = []
+    for r in shown:
+        region = data.regions[r]
+        if pairs_of.get(r):
+            for p in pairs_of[r]:
+                scores = scores_by_key.get((r, p.prompt_id), [])
+                sections.append(_region_section(region, p.prompt_id, p, scores, by_id, out.parent))
+        else:
+            scores = [s for (rid, _), ss in scores_by_key.items() if rid == r for s in ss]
+            sections.append(_region_section(region, None, None, scores, by_id, out.parent))
     legend = "".join(
         f'<span class="key" style="background:{css(c)}"></span>{escape(name)}'
         for name, c in (
@@ -256,10 +272,6 @@ def render_report(data: ReportData, out: str | Path, max_regions: int = 50, titl
         )
     )
     notes = "".join(f'<p class="muted">{escape(n)}</p>' for n in data.notes)
-    sections = "".join(
-        _region_section(data.regions[r], pair_of.get(r), scores_by_region.get(r, []), by_id, out.parent)
-        for r in shown
-    )
     html = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'">
@@ -270,9 +282,9 @@ def render_report(data: ReportData, out: str | Path, max_regions: int = 50, titl
 {_statistics(data)}
 <h2>Score distributions</h2>
 {_histograms(data)}
-<h2>Regions ({len(shown)} of {len(order)} shown)</h2>
+<h2>Regions ({len(shown)} of {len(order)} shown, one block per prompt with a pair)</h2>
 <div>{legend}</div>
-{sections}
+{"".join(sections)}
 </body></html>
 """
     out.write_text(html, encoding="utf-8")
