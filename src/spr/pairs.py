@@ -26,7 +26,7 @@ from .data.jsonl import read_records, write_jsonl
 from .data.records import Candidate, Pair, Region, Score
 from .errors import UserError
 
-HELP = "build chosen/rejected preference pairs (and the DPO dataset) from scored candidates"
+HELP = "Build chosen/rejected preference pairs (and the DPO dataset) from scored candidates."
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = (

@@ -12,7 +12,9 @@ from ..data.records import Candidate, Pair, Region, Score
 from ..errors import UserError
 from .page import ReportData, render_report
 
-HELP = "write a static HTML report (images with boxes, chosen vs rejected, score histograms, pair statistics)"
+HELP = (
+    "Write a static HTML report (images with boxes, chosen vs rejected, score histograms, pair statistics)."
+)
 log = logging.getLogger(__name__)
 
 FILES = {
@@ -71,6 +73,8 @@ def run(args) -> int:
             return Path(given)
         return run_dir / FILES[name] if run_dir else None
 
+    if run_dir is None and not (args.regions and args.scores):
+        raise UserError("give --run DIR, or --regions and --scores (and optionally --candidates, --pairs)")
     notes: list[str] = []
     regions = _read(path("regions"), Region, True, notes)
     candidates = _read(path("candidates"), Candidate, False, notes)

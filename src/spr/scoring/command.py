@@ -16,7 +16,7 @@ from .combine import REFINED_SUFFIX, ImageError, RegionScorer, ScoreConfig
 from .localization import AVERAGES, IOU_MODES, MATCHINGS, LocalizationConfig
 from .semantic import SEMANTIC_SCORERS, make_semantic_scorer
 
-HELP = "score candidates (semantic + localization), refine their boxes and score the refined texts"
+HELP = "Score candidates (semantic + localization), refine their boxes and score the refined texts."
 log = logging.getLogger(__name__)
 
 
