@@ -68,6 +68,7 @@ def test_rec_prediction_uses_the_first_box_in_original_pixels_and_counts_misses(
     assert m["splits"]["test"]["acc@0.5"] == pytest.approx(1 / 2)
     assert m["splits"]["testC"]["missing"] is True
     assert any("broken.png" in p for p in m["problems"])
+    assert any("split 'testC': not in the data" in p for p in m["problems"])
     preds = {
         p["id"]: p for p in map(json.loads, (tmp_path / "run" / "predictions.jsonl").read_text().splitlines())
     }

@@ -388,18 +388,22 @@ def dpo_config(config: TrainConfig):
     )
 
 
-def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = None):
-    """The DPOTrainer for ``config`` (the model loads from ``config.model`` unless an adapter is given)."""
+def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = None, callbacks=()):
+    """The DPOTrainer for ``config`` (the model loads from ``config.model`` unless an adapter is given);
+    ``callbacks`` are extra ``transformers.TrainerCallback``s."""
     from trl import DPOTrainer
 
     from spr import models
 
-    if adapter is None:
-        adapter = models.load(config.model, family=config.family, device="cpu")
-    model, processor = adapter.model, adapter.processor
     rows = rows if rows is not None else read_pairs(config.data, skip_bad=config.skip_bad)
     dataset = build_dataset(rows)
+    # The training arguments exist before the model loads: under DeepSpeed ZeRO-3 this makes from_pretrained
+    # partition the weights as they load instead of materialising the whole model in every process.
     args = dpo_config(config)
+    loaded_here = adapter is None
+    if loaded_here:
+        adapter = models.load(config.model, family=config.family, device="cpu")
+    model, processor = adapter.model, adapter.processor
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
 
@@ -419,7 +423,12 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
 
         if not config.train_vision:
             freeze_vision(model)
-        ref_model = copy.deepcopy(model).eval()
+        # the reference: the same weights again, frozen (loaded from disk when possible, which also works
+        # under ZeRO-3 where a parameter-sharded model cannot be deep-copied)
+        if loaded_here:
+            ref_model = models.load(config.model, family=config.family, device="cpu").model.eval()
+        else:
+            ref_model = copy.deepcopy(model).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
 
@@ -431,7 +440,7 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[_JsonlLogCallback(Path(config.out) / "train_log.jsonl")],
+        callbacks=[_JsonlLogCallback(Path(config.out) / "train_log.jsonl"), *callbacks],
     )
     return trainer
 
@@ -466,13 +475,13 @@ def _last_rewards(history: list[dict]) -> dict:
     return {}
 
 
-def train(config: TrainConfig, adapter=None) -> dict:
+def train(config: TrainConfig, adapter=None, callbacks=()) -> dict:
     """Train, save the final adapter (or model) with processor, tokenizer and chat template; returns a summary."""
     out = Path(config.out)
     resume_from = last_checkpoint(out) if config.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
-    trainer = build_trainer(config, adapter)
+    trainer = build_trainer(config, adapter, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(out))  # adapter or full model, plus the processing class (processor)
     if trainer.is_world_process_zero():

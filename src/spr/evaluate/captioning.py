@@ -202,7 +202,7 @@ def evaluate(
     samples = readers.read_captions(data, splits, problems)
     if limit is not None:
         samples = samples[:limit]
-    meta = {"task": "caption", "model": str(model), "data": str(data), "splits": list(splits or [])}
+    meta = {"task": "caption", "model": str(model), "data": str(data)}
     with common.open_run(out, meta, overwrite) as writer:
         if samples and adapter is None and any(not writer.has(s.id) for s in samples):
             adapter = load_adapter(model, family=family, device=device)
@@ -213,6 +213,7 @@ def evaluate(
     metrics, metric_problems = caption_split_metrics(preds, splits)
     problems += metric_problems
     problems += [f"{p['id']}: {m}" for p in preds if p.get("status") == "image_error" for m in p["problems"]]
+    problems = common.missing_split_problems(metrics) + problems
     metrics.update(model=str(model), data=str(data), problems=problems)
     common.write_metrics(out, metrics)
     return metrics

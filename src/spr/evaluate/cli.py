@@ -108,7 +108,14 @@ def run(args) -> int:
             splits=args.splits,
             **_common(args),
         )
-        columns = [*(f"acc@{t}" for t in rec.THRESHOLDS), "mean_iou", "center_acc", "parse_fail", "n"]
+        columns = [
+            *(f"acc@{t}" for t in rec.THRESHOLDS),
+            "mean_iou",
+            "center_acc",
+            "parse_fail",
+            "image_fail",
+            "n",
+        ]
     elif args.task == "description":
         from . import description
 

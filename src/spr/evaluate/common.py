@@ -100,6 +100,17 @@ def missing_splits(requested: Iterable[str] | None, present: Iterable[str]) -> l
     return [s for s in (requested or []) if s not in present]
 
 
+def missing_split_problems(metrics: dict) -> list[str]:
+    """One message per requested split that the data does not have."""
+    splits = metrics.get("splits", {})
+    present = sorted(k for k, v in splits.items() if not v.get("missing"))
+    return [
+        f"split {name!r}: not in the data (present: {', '.join(present) or 'none'}); reported with n = 0"
+        for name, v in splits.items()
+        if v.get("missing")
+    ]
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"

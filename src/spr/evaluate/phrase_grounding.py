@@ -125,7 +125,7 @@ def evaluate(
     samples = read_flickr30k(data, images, splits, problems)
     if limit is not None:
         samples = samples[:limit]
-    meta = {"task": "grounding", "model": str(model), "data": str(data), "splits": list(splits or [])}
+    meta = {"task": "grounding", "model": str(model), "data": str(data)}
     with common.open_run(out, meta, overwrite) as writer:
         if samples and adapter is None and any(not writer.has(s.id) for s in samples):
             adapter = load_adapter(model, family=family, device=device)
@@ -135,6 +135,7 @@ def evaluate(
     preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
     metrics = grounding_metrics(preds, splits)
     problems += [f"{p['id']}: {m}" for p in preds if p.get("status") == "image_error" for m in p["problems"]]
+    problems = common.missing_split_problems(metrics) + problems
     metrics.update(model=str(model), data=str(data), problems=problems)
     common.write_metrics(out, metrics)
     return metrics

@@ -144,7 +144,7 @@ def evaluate(
     samples = readers.read_rec(data, images, split_by, splits, problems)
     if limit is not None:
         samples = samples[:limit]
-    meta = {"task": "rec", "model": str(model), "data": str(data), "splits": list(splits or [])}
+    meta = {"task": "rec", "model": str(model), "data": str(data)}
     with common.open_run(out, meta, overwrite) as writer:
         if samples:
             if adapter is None and any(not writer.has(s.id) for s in samples):
@@ -153,7 +153,8 @@ def evaluate(
     wanted = {s.id for s in samples}
     preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
     metrics = rec_metrics(preds, splits)
-    metrics.update(model=str(model), data=str(data), problems=_summarise(problems, preds))
+    problems = common.missing_split_problems(metrics) + _summarise(problems, preds)
+    metrics.update(model=str(model), data=str(data), problems=problems)
     common.write_metrics(out, metrics)
     return metrics
 
