@@ -133,9 +133,16 @@ def test_caption_prediction_strips_boxes_and_scores(tmp_path):
     )
 
 
-def test_rec_with_a_tiny_model_runs_the_real_code_path(tiny_model_dir, tmp_path):
+FAMILIES = [
+    "qwen2_vl",
+    *(pytest.param(f, marks=pytest.mark.slow) for f in ("qwen2_5_vl", "llava", "idefics3", "internvl")),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rec_with_a_tiny_model_runs_the_real_code_path(tiny_model_dir, tmp_path, family):
     data = make_rec_jsonl(tmp_path)
-    m = rec.evaluate(tiny_model_dir("qwen2_vl"), data, tmp_path / "run", batch_size=3, max_new_tokens=8)
+    m = rec.evaluate(tiny_model_dir(family), data, tmp_path / "run", batch_size=3, max_new_tokens=8)
     assert m["n"] == 4 and set(m["splits"]) == {"val", "test"}
     preds = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all(p["status"] in ("ok", "no_box") for p in preds)

@@ -134,6 +134,27 @@ def test_train_saves_adapter_with_processor_and_resumes(tiny_model_dir, tmp_path
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "idefics3", "internvl"])
+def test_lora_training_runs_for_every_family(tiny_model_dir, tmp_path, family):
+    from safetensors import safe_open
+
+    from spr import models
+    from spr.train import find_parts
+
+    model_dir = tiny_model_dir(family)
+    fmt = models.load(str(model_dir)).fmt
+    data = make_dpo_jsonl(tmp_path, n=2, fmt=fmt)
+    out = tmp_path / "out"
+    summary = train(_config(model_dir, data, out, max_steps=1))
+    assert summary["global_step"] == 1 and math.isfinite(summary["train_loss"])
+    language, vision = find_parts(models.load(str(model_dir)).model)
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(f".{language}." in k for k in keys)
+    assert not any(f".{v}." in k for k in keys for v in vision)
+
+
 def test_pairs_file_problems_name_the_line(tmp_path):
     data = make_dpo_jsonl(tmp_path, n=3)
     lines = data.read_text().splitlines()
