@@ -1,0 +1,448 @@
+"""The recipe that trains the shapes world's base model: a tiny Qwen2-VL that grounds, imprecisely.
+
+A tiny vision-language model trained from scratch with the language-modelling loss alone learns the answer
+format and then ignores the image (see docs/toy-world.md). What breaks that plateau here is *dense supervision
+of the image tokens*: a linear head on the vision tower's merged tokens predicts, for every token, the label of
+the object whose centre falls in that token's cell and that object's box. The image tokens are made to carry the
+answer first (a short vision-only phase), then the whole model trains on the language loss plus this auxiliary
+loss. The head is used for training only: the saved model is a stock ``Qwen2VLForConditionalGeneration``.
+
+Training data is drawn afresh from the world for every batch (seeds ``"<seed>:base:<i>"``, disjoint from the
+world's train / val / test scenes): referring expressions answered with one box, and grounded region
+descriptions under SPR's own prompts (full image + region box, cropped region, label hints), all in the model's
+box format, so the base speaks exactly the prompts that ``spr generate`` and ``spr eval`` send.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import boxes as B
+from .. import formats
+from .. import prompts as P
+from ..data.records import Region
+from ..regions import grow_region
+from .descriptions import grounded_description
+from .expressions import expressions_for_scene
+from .world import WorldConfig, make_scene
+
+
+@dataclass
+class BaseRecipeConfig:
+    """Everything that decides the trained base; saved beside the weights as recipe.json."""
+
+    seed: int = 0
+    steps: int = 6000
+    """Optimizer steps of the joint phase (language loss + dense image-token loss)."""
+    vision_steps: int = 400
+    """Steps of the vision-only phase that trains the image tokens on the dense targets first."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    vision_lr: float = 2e-3
+    warmup: int = 100
+    min_lr_fraction: float = 0.1
+    aux_weight: float = 1.0
+    """Weight of the dense image-token loss in the joint phase."""
+    rec_fraction: float = 0.6
+    """Share of referring-expression examples; the rest are grounded region descriptions."""
+    scene_pool: int = 3000
+    """Training scenes drawn once and reused; every pass draws new expressions, regions and prompts from them."""
+    eval_every: int = 1000
+    eval_scenes: int = 100
+    """Validation scenes (the world's val split, never test) for the curve recorded during training."""
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    layers: int = 3
+    heads: int = 4
+    vision_dim: int = 96
+    vision_depth: int = 2
+    threads: int | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["world"] = self.world.to_dict()
+        return d
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+def build_model(config: BaseRecipeConfig):
+    """(model, processor, adapter) of a fresh Qwen2-VL of the recipe's size with the project's tokenizer."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig, Qwen2VLImageProcessorPil
+
+    from ..models import get_family
+    from ..models.adapter import ModelAdapter
+    from ..models.processors import processor_class
+    from ..models.tiny import _ids as token_ids
+    from ..models.tiny import make_tokenizer
+
+    spec = get_family("qwen2_vl")
+    tokenizer = make_tokenizer(spec)
+    tid = tokenizer.convert_tokens_to_ids
+    half = config.hidden_size // config.heads // 2
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8],
+        },
+        **token_ids(tokenizer, spec),
+    )
+    vision = dict(
+        depth=config.vision_depth,
+        embed_dim=config.vision_dim,
+        hidden_size=config.hidden_size,
+        num_heads=4,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    model_config = transformers.Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tid("<|image_pad|>"),
+        video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"),
+        vision_end_token_id=tid("<|vision_end|>"),
+    )
+    torch.manual_seed(config.seed)
+    model = transformers.Qwen2VLForConditionalGeneration(model_config)
+    model.generation_config = GenerationConfig(**token_ids(tokenizer, spec))
+    side = config.world.image_size
+    # One image token per 28 x 28 px of the world's images; crops get at least 4.
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=28 * 28 * 4, max_pixels=max(side * side, 28 * 28 * 4)
+    )
+    processor = processor_class(spec)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=spec.chat_template
+    )
+    return model, processor, ModelAdapter(model, processor, spec)
+
+
+# ------------------------------------------------------------------------------------------ examples
+
+
+@dataclass
+class Example:
+    image: object  # PIL image the model sees
+    prompt: str
+    answer: str
+    objects: list[tuple[str, tuple[float, float, float, float]]]  # (label, box) in the view's pixels
+    target: tuple[float, float, float, float] | None = None  # REC referent, view pixels
+
+
+def rec_example(scene, rng: random.Random, adapter) -> Example | None:
+    exprs = expressions_for_scene(scene.objects, rng)
+    if not exprs:
+        return None
+    e = rng.choice(exprs)
+    box = tuple(scene.objects[e.target].box)
+    answer = formats.render([(e.text, box)], adapter.fmt, scene.size, **adapter.geometry(scene.size))
+    objects = [(o.label, tuple(o.box)) for o in scene.objects]
+    return Example(scene.image, adapter.rec_prompt(e.text), answer, objects, box)
+
+
+def scene_region(scene, rng: random.Random, n_objects: int = 5) -> Region:
+    """An SPR region of the scene (as ``spr regions`` grows them), with its members' scene indices in ``source``."""
+    boxes = np.array([o.box for o in scene.objects], dtype=np.float64)
+    selected = grow_region(boxes, rng.randrange(len(boxes)), n_objects)
+    region_box = B.union_box(boxes[selected])
+    inside = B.intersection_over_area(boxes, [region_box])[:, 0] >= 0.5
+    members = [i for i in range(len(boxes)) if inside[i] or i in selected]
+    return Region(
+        id="",
+        image="",
+        image_size=list(scene.size),
+        region_box=list(region_box),
+        objects=[{"label": scene.objects[i].label, "box": list(scene.objects[i].box)} for i in members],
+        source=",".join(map(str, members)),
+    )
+
+
+def description_example(scene, rng: random.Random, adapter, templates) -> Example:
+    region = scene_region(scene, rng)
+    rendered = P.render(rng.choice(templates), region, adapter.fmt, adapter.geometry)
+    members = [scene.objects[int(i)] for i in region.source.split(",")]
+    dx, dy = (rendered.crop_box[0], rendered.crop_box[1]) if rendered.crop_box else (0, 0)
+    image = scene.image.crop(tuple(rendered.crop_box)) if rendered.crop_box else scene.image
+    view = []
+    for phrase, box in grounded_description(members):
+        shifted = B.clip((box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy), rendered.view_size)
+        if B.is_valid(shifted):
+            view.append((phrase, shifted))
+    answer = formats.render(view, adapter.fmt, rendered.view_size, **rendered.geometry)
+    objects = [
+        (o.label, B.clip((o.box[0] - dx, o.box[1] - dy, o.box[2] - dx, o.box[3] - dy), rendered.view_size))
+        for o in scene.objects
+    ]
+    objects = [(label, box) for label, box in objects if B.is_valid(box)]
+    return Example(image, rendered.text, answer, objects)
+
+
+class ScenePool:
+    """Training scenes made on first use and kept: drawing a scene costs more than a training example."""
+
+    def __init__(self, config: BaseRecipeConfig):
+        self.config = config
+        self.scenes: dict[int, object] = {}
+
+    def __getitem__(self, i: int):
+        i %= self.config.scene_pool
+        if i not in self.scenes:
+            self.scenes[i] = make_scene(self.config.world, f"{self.config.seed}:base:{i}")
+        return self.scenes[i]
+
+
+def make_batch_examples(config: BaseRecipeConfig, rng: random.Random, pool: ScenePool, adapter, templates):
+    """One batch of one task (referring expressions or region descriptions): a batch of a single task pads
+    little, as the two differ much in length."""
+    rec = rng.random() < config.rec_fraction
+    out = []
+    while len(out) < config.batch_size:
+        scene = pool[rng.randrange(config.scene_pool)]
+        ex = rec_example(scene, rng, adapter) if rec else description_example(scene, rng, adapter, templates)
+        if ex is not None:
+            out.append(ex)
+    return out
+
+
+# ------------------------------------------------------------------------------------- dense targets
+
+
+def dense_targets(examples, grid_thw, labels: list[str]):
+    """Per merged image token: the label index of the object whose centre lies in its cell (len(labels) for
+    none; the largest object wins a shared cell) and that object's box in [0, 1] of the view."""
+    import torch
+
+    classes, boxes = [], []
+    for ex, (_, gh, gw) in zip(examples, grid_thw.tolist()):
+        rows, cols = gh // 2, gw // 2
+        w, h = ex.image.size
+        cls = torch.full((rows * cols,), len(labels), dtype=torch.long)
+        bx = torch.zeros(rows * cols, 4)
+        for label, box in sorted(ex.objects, key=lambda o: B.area([o[1]])[0]):
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            r, c = min(int(cy / h * rows), rows - 1), min(int(cx / w * cols), cols - 1)
+            cls[r * cols + c] = labels.index(label)
+            bx[r * cols + c] = torch.tensor([box[0] / w, box[1] / h, box[2] / w, box[3] / h])
+        classes.append(cls)
+        boxes.append(bx)
+    return torch.cat(classes), torch.cat(boxes)
+
+
+def dense_loss(head, features, classes, boxes, n_labels: int):
+    import torch.nn.functional as F
+
+    out = head(features)
+    loss = F.cross_entropy(out[:, : n_labels + 1], classes)
+    has_object = classes < n_labels
+    if has_object.any():
+        loss = loss + 5.0 * F.l1_loss(out[has_object, n_labels + 1 :].sigmoid(), boxes[has_object])
+    return loss
+
+
+# ----------------------------------------------------------------------------------------- batches
+
+
+def collate(adapter, examples):
+    """Model inputs with labels on the answer tokens only (prompt and padding are -100)."""
+    images = [ex.image for ex in examples]
+    prompts = [adapter.chat_text(ex.prompt) for ex in examples]
+    eos = adapter.tokenizer.convert_ids_to_tokens(adapter.eos_token_id)
+    full = [p + ex.answer + eos for p, ex in zip(prompts, examples)]
+    processor = adapter.processor
+    batch = processor(text=full, images=images, padding=True, return_tensors="pt")
+    prompt_lengths = [len(ids) for ids in processor(text=prompts, images=images)["input_ids"]]
+    labels = batch["input_ids"].clone()
+    labels[batch["attention_mask"] == 0] = -100
+    for row, n_prompt in enumerate(prompt_lengths):
+        pad = int((batch["attention_mask"][row] == 0).sum())  # left padding
+        labels[row, : pad + n_prompt] = -100
+    batch["labels"] = labels
+    return batch
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+def rec_accuracy(
+    adapter, config: BaseRecipeConfig, n_scenes: int, split: str = "val", batch_size: int = 25
+) -> dict:
+    """Greedy REC accuracy of the model on ``n_scenes`` scenes of ``split`` (one expression each)."""
+    import torch
+
+    rng = random.Random(f"{config.seed}:recipe-eval")
+    items = []
+    for i in range(n_scenes):
+        scene = make_scene(config.world, f"{config.seed}:{split}:{i}")
+        ex = rec_example(scene, rng, adapter)
+        if ex:
+            items.append(ex)
+    ious = []
+    adapter.model.eval()
+    with torch.inference_mode():
+        for k in range(0, len(items), batch_size):
+            chunk = items[k : k + batch_size]
+            inputs = adapter.build_inputs([ex.image for ex in chunk], [ex.prompt for ex in chunk])
+            new = adapter.generate(inputs, max_new_tokens=40, do_sample=False)
+            for ex, ids in zip(chunk, new):
+                parsed = formats.parse(adapter.decode(ids), adapter.fmt, image_size=ex.image.size)
+                ious.append(float(B.iou([parsed[0].box], [ex.target])[0, 0]) if parsed else 0.0)
+    adapter.model.train()
+    a = np.array(ious)
+    out = {f"acc@{t}": float((a >= t).mean()) for t in (0.5, 0.6, 0.7, 0.8, 0.9)}
+    out["mean_iou"] = float(a.mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path:
+    """Train the base model and save it (a normal model directory plus recipe.json and curve.json)."""
+    import torch
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(out_dir)
+    rng = random.Random(config.seed)
+    model, processor, adapter = build_model(config)
+    model.train()
+    labels = config.world.labels()
+    head = torch.nn.Linear(config.hidden_size, len(labels) + 1 + 4)
+    captured: dict = {}
+    model.model.visual.register_forward_hook(lambda m, i, o: captured.__setitem__("tokens", o.pooler_output))
+    templates = list(P.BUILTIN.values())
+    curve: list[dict] = []
+    started = time.time()
+    pool = ScenePool(config)
+
+    vision_params = list(model.model.visual.parameters()) + list(head.parameters())
+    vision_opt = torch.optim.AdamW(vision_params, lr=config.vision_lr)
+    for step in tqdm(range(config.vision_steps), desc="base: image tokens", unit="step"):
+        examples = make_batch_examples(config, rng, pool, adapter, templates)
+        batch = collate(adapter, examples)
+        model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+        classes, boxes = dense_targets(examples, batch["image_grid_thw"], labels)
+        loss = dense_loss(head, captured["tokens"], classes, boxes, len(labels))
+        vision_opt.zero_grad()
+        loss.backward()
+        vision_opt.step()
+        if step % 100 == 0:
+            curve.append(
+                {"phase": "vision", "step": step, "dense_loss": loss.item(), "seconds": time.time() - started}
+            )
+
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
+        return warm * (config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    bar = tqdm(range(config.steps), desc="base: joint", unit="step")
+    for step in bar:
+        examples = make_batch_examples(config, rng, pool, adapter, templates)
+        batch = collate(adapter, examples)
+        lm = model(**batch).loss
+        classes, boxes = dense_targets(examples, batch["image_grid_thw"], labels)
+        dense = dense_loss(head, captured["tokens"], classes, boxes, len(labels))
+        loss = lm + config.aux_weight * dense
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(lm=f"{lm.item():.3f}", dense=f"{dense.item():.3f}")
+        if step % 100 == 0:
+            curve.append(
+                {
+                    "phase": "joint",
+                    "step": step,
+                    "lm_loss": lm.item(),
+                    "dense_loss": dense.item(),
+                    "seconds": time.time() - started,
+                }
+            )
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            metrics = rec_accuracy(adapter, config, config.eval_scenes)
+            curve.append({"phase": "eval", "step": step + 1, **metrics, "seconds": time.time() - started})
+            log(f"step {step + 1}: val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    (out / "recipe.json").write_text(json.dumps(config.to_dict(), indent=1))
+    (out / "curve.json").write_text(json.dumps(curve, indent=1))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+HELP = "Train the shapes world's base model (a tiny Qwen2-VL that grounds) with the dense-supervision recipe."
+
+
+def add_arguments(p) -> None:
+    d = BaseRecipeConfig()
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--preset", default="default", help="world preset (easy, default, hard)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the training scenes and weights")
+    p.add_argument("--steps", type=int, default=d.steps, help="joint-phase optimizer steps")
+    p.add_argument("--vision-steps", type=int, default=d.vision_steps, help="vision-only steps first")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--rec-fraction", type=float, default=d.rec_fraction, help="share of referring-expression batches"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="validation REC accuracy every N steps"
+    )
+    p.add_argument("--eval-scenes", type=int, default=d.eval_scenes)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    from .world import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    config = BaseRecipeConfig(
+        seed=args.seed,
+        steps=args.steps,
+        vision_steps=args.vision_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        rec_fraction=args.rec_fraction,
+        eval_every=args.eval_every,
+        eval_scenes=args.eval_scenes,
+        threads=args.threads or None,
+        world=PRESETS[args.preset],
+    )
+    out = train_base(config, args.out)
+    print(f"base model written to {out} (recipe.json and curve.json beside the weights)")
+    return 0
