@@ -10,7 +10,8 @@ import importlib
 
 SUBCOMMANDS: dict[str, str] = {
     "world": "spr.toy.world_cli",
-    # "train-clip": "spr.toy.clip_recipe",
+    "train-clip": "spr.toy.clip_recipe",
+    "train-base": "spr.toy.base_recipe",
 }
 
 HELP = (
