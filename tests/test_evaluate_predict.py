@@ -150,3 +150,63 @@ def test_rec_with_a_tiny_model_runs_the_real_code_path(tiny_model_dir, tmp_path,
     for p in preds:
         assert isinstance(p["text"], str) and (p["status"] == "ok") == (p["pred_box"] is not None)
     assert m["parse_fail"] == pytest.approx(sum(p["status"] == "no_box" for p in preds) / 4)
+
+
+@pytest.mark.parametrize("semantic", [None, pytest.param("labels", marks=pytest.mark.slow)])
+def test_description_boxes_are_matched_one_to_one_at_both_thresholds(tmp_path, semantic):
+    from evaluate_fixtures import make_regions
+
+    from spr import prompts
+    from spr.data.jsonl import read_records
+    from spr.data.records import Region
+    from spr.evaluate import description
+
+    path = make_regions(tmp_path)
+    regions = read_records(path, Region)
+    template = prompts.BUILTIN["region_box"]
+    probe = ScriptedAdapter({})
+    text_for = {r.id: prompts.render(template, r, probe.fmt, probe.geometry).text for r in regions}
+    (red, red_box), (blue, blue_box) = SCENES["img1"][1]
+    size = SCENES["img1"][0]
+    slightly_off = (
+        blue_box[0] + 4,
+        blue_box[1] + 4,
+        blue_box[2],
+        blue_box[3],
+    )  # IoU 0.81: a hit at 0.5 and 0.75
+    far_off = (blue_box[0] + 12, blue_box[1] + 12, blue_box[2], blue_box[3])  # IoU 0.49: a miss at both
+    answer = (
+        f"<|object_ref_start|>a {red}<|object_ref_end|>{formats.format_box(red_box, 'qwen2_vl', size)} next to "
+        f"<|object_ref_start|>a {blue}<|object_ref_end|>{formats.format_box(slightly_off, 'qwen2_vl', size)} and "
+        f"<|object_ref_start|>another {blue}<|object_ref_end|>{formats.format_box(far_off, 'qwen2_vl', size)}"
+    )
+    adapter = ScriptedAdapter({text_for["img1/r0"]: answer, text_for["img2/r0"]: "two boxes, no coordinates"})
+    m = description.evaluate("scripted", path, tmp_path / "run", adapter=adapter, semantic=semantic)
+    # img1: 3 predicted boxes, 2 objects, one-to-one: red and the slightly-off blue match; img2: nothing
+    assert m["precision@0.5"] == pytest.approx(2 / 3) and m["recall@0.5"] == pytest.approx(2 / 4)
+    assert m["precision@0.75"] == pytest.approx(2 / 3)
+    assert m["f1@0.5"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert m["no_box"] == pytest.approx(1 / 2) and m["mean_boxes"] == pytest.approx(3 / 2)
+    if semantic:  # the labels scorer (spr score's): phrases against the region's object labels
+        assert m["semantic"] is not None and 0.0 < m["semantic"] <= 1.0, m["problems"]
+    else:
+        assert m["semantic"] is None
+
+
+def test_batched_greedy_answers_equal_one_by_one(tiny_model_dir, tmp_path):
+    """Left padding done right: a prompt's answer does not depend on the other prompts of its batch."""
+    from evaluate_fixtures import write_images
+    from PIL import Image
+
+    from spr import models
+    from spr.evaluate.generation import greedy_generate
+
+    adapter = models.load(str(tiny_model_dir("qwen2_vl")))
+    paths = write_images(tmp_path)
+    images = [Image.open(paths[n]).convert("RGB") for n in ("img1", "img2", "img1")]
+    prompts = [
+        adapter.rec_prompt(e) for e in ("the red box", "a much longer expression about the yellow box", "x")
+    ]
+    batched = greedy_generate(adapter, images, prompts, 10)
+    single = [greedy_generate(adapter, [im], [p], 10)[0] for im, p in zip(images, prompts)]
+    assert batched == single and len(set(batched)) > 1
