@@ -171,3 +171,13 @@ def test_legacy_processor_layout_loads(tiny_model_dir, tmp_path):
     adapter = load(d)
     assert is_full_processor(adapter.processor)
     assert adapter.build_inputs(images()[:1], ["hi"])["image_grid_thw"].shape == (1, 3)
+
+
+def test_decode_drops_image_and_video_placeholders_a_sampled_answer_may_contain(tiny_model_dir):
+    from spr.models import load
+
+    adapter = load(tiny_model_dir("qwen2_vl"))
+    tok = adapter.tokenizer
+    ids = tok.convert_tokens_to_ids(["<|box_start|>", "<|video_pad|>", "<|image_pad|>", "<|box_end|>"])
+    text = adapter.decode(ids)
+    assert text == "<|box_start|><|box_end|>"

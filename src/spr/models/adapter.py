@@ -32,6 +32,24 @@ class ModelAdapter:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = int(pad if pad is not None else self.eos_token_ids[0])
         self._geometry_cache: dict[tuple[int, int], dict] = {}
+        self.media_token_ids: set[int] = self._media_token_ids()
+
+    def _media_token_ids(self) -> set[int]:
+        """Ids of the image / video placeholder tokens. A sampled answer can contain them; kept in the text they
+        would make the processor expect images that are not there when the answer is trained on."""
+        ids: set[int] = set()
+        for name in ("image_token", "video_token"):
+            token = getattr(self.processor, name, None)
+            if isinstance(token, str):
+                tid = self.tokenizer.convert_tokens_to_ids(token)
+                if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                    ids.add(tid)
+        config = getattr(self.model, "config", None)
+        for name in ("image_token_id", "video_token_id", "image_token_index"):
+            tid = getattr(config, name, None)
+            if isinstance(tid, int):
+                ids.add(tid)
+        return ids
 
     @property
     def tokenizer(self):
@@ -110,15 +128,16 @@ class ModelAdapter:
         return out[:, inputs["input_ids"].shape[1] :]
 
     def decode(self, token_ids) -> str:
-        """Text of generated ``token_ids``, cut at the first end-of-sequence token, padding removed.
+        """Text of generated ``token_ids``, cut at the first end-of-sequence token, padding and image / video
+        placeholder tokens removed.
 
-        Special tokens inside the answer are kept: box markup such as ``<|box_start|>`` is made of them."""
+        Other special tokens inside the answer are kept: box markup such as ``<|box_start|>`` is made of them."""
         ids = [int(t) for t in token_ids]
         for i, t in enumerate(ids):
             if t in self.eos_token_ids:
                 ids = ids[:i]
                 break
-        ids = [t for t in ids if t != self.pad_token_id]
+        ids = [t for t in ids if t != self.pad_token_id and t not in self.media_token_ids]
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def count_new_tokens(self, token_ids) -> int:
