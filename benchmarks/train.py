@@ -10,7 +10,8 @@ Four runs, each in its own fresh process (so that peak memory is that run's alon
   front, ``DPOTrainer`` with its default collator, ``LoraConfig(target_modules=[...names...])``; for full
   fine-tuning an explicit deep copy as reference (the model is built in memory, so TRL cannot reload it).
 
-Both use the same model (loaded with ``spr.models.load``: the plain transformers loader cannot load a Qwen2-VL
+Runs use ``--threads`` torch threads (default 1): on a machine shared with other work, multi-threaded runs
+stall unpredictably and the comparison drowns in noise. Both use the same model (loaded with ``spr.models.load``: the plain transformers loader cannot load a Qwen2-VL
 processor without torchvision), DPOConfig values, CPU settings and seed. Step time is the median wall time of the
 optimizer steps after the first (warm-up) one; peak memory is the process's maximum resident set size
 (``resource.getrusage``), which includes the interpreter, torch and the model. Ratios spr / plain come from the
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved repeats; the best round is reported"
     )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per run (1: stable timings on a shared machine)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -228,7 +232,14 @@ def main() -> None:
         tmp = Path(tmp)
         model_dir = str(build_tiny_model(args.family, tmp / "model", seed=0))
         data = make_pairs(tmp / "pairs", args.pairs)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        threads = str(args.threads)
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):  # interleaved, so that load from other processes hits both sides alike
             for method in ("lora", "full"):
@@ -250,7 +261,7 @@ def main() -> None:
 
     print(
         f"family {args.family}, {args.pairs} pairs, batch {args.batch_size}, {args.steps} steps: median step after "
-        f"the first, best of {args.rounds} interleaved rounds; peak RSS, highest round"
+        f"the first, best of {args.rounds} interleaved rounds, {args.threads} thread(s); peak RSS, highest round"
     )
     print(
         f"{'method':<6} {'spr s/step':>11} {'plain s/step':>13} {'ratio':>6} {'spr peak MB':>12} {'plain peak MB':>14} {'ratio':>6}"
