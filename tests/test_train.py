@@ -184,6 +184,29 @@ def test_pairs_file_problems_name_the_line(tmp_path):
         read_pairs(data)
 
 
+def test_answers_with_an_image_placeholder_are_refused_or_skipped(tiny_model_dir, tmp_path):
+    from spr import models
+    from spr.train import check_placeholders
+
+    processor = models.load(str(tiny_model_dir("qwen2_vl"))).processor
+    data = make_dpo_jsonl(tmp_path, n=2)
+    lines = data.read_text().splitlines()
+    row = json.loads(lines[1])
+    row["rejected"][0]["content"][0]["text"] += " <|image_pad|>"
+    lines[1] = json.dumps(row)
+    data.write_text("\n".join(lines) + "\n")
+    rows = read_pairs(data)
+    with pytest.raises(
+        UserError, match=r"pair 'img1/1': the answer contains the placeholder token '<\|image_pad\|>'"
+    ):
+        check_placeholders(rows, processor)
+    problems = []
+    assert [r["id"] for r in check_placeholders(rows, processor, skip_bad=True, problems=problems)] == [
+        "img1/0"
+    ]
+    assert "skipped" in problems[0]
+
+
 def test_pairs_are_loaded_with_their_crop(tmp_path):
     from spr.train import build_dataset
 

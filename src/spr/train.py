@@ -220,6 +220,32 @@ def _materialize(batch: dict) -> dict:
     }
 
 
+def check_placeholders(
+    rows: list[dict], processor, skip_bad: bool = False, problems: list[str] | None = None
+):
+    """Rows whose answers contain the processor's image / video placeholder token (a sampled answer can): the
+    collator would expand it and the model's image features would no longer match its image tokens."""
+    tokens = [
+        t for t in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)) if t
+    ]
+    if not tokens:
+        return rows
+    kept = []
+    for row in rows:
+        found = [t for t in tokens if t in row["chosen"] or t in row["rejected"]]
+        if not found:
+            kept.append(row)
+            continue
+        msg = f"pair {row['id']!r}: the answer contains the placeholder token {found[0]!r}"
+        if not skip_bad:
+            raise UserError(msg + "; remove it from the pair or pass --skip-bad")
+        if problems is not None:
+            problems.append(msg + "; skipped")
+    if not kept:
+        raise UserError("no usable pairs: every answer contains an image placeholder token")
+    return kept
+
+
 def build_dataset(rows: list[dict]):
     """A ``datasets.Dataset`` of the pairs whose rows come out as TRL's vision preference examples
     (``images``, ``prompt``, ``chosen``, ``rejected``); images load on access."""
@@ -395,8 +421,8 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
 
     from spr import models
 
-    rows = rows if rows is not None else read_pairs(config.data, skip_bad=config.skip_bad)
-    dataset = build_dataset(rows)
+    problems: list[str] = []
+    rows = rows if rows is not None else read_pairs(config.data, skip_bad=config.skip_bad, problems=problems)
     # The training arguments exist before the model loads: under DeepSpeed ZeRO-3 this makes from_pretrained
     # partition the weights as they load instead of materialising the whole model in every process.
     args = dpo_config(config)
@@ -404,6 +430,10 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
     if loaded_here:
         adapter = models.load(config.model, family=config.family, device="cpu")
     model, processor = adapter.model, adapter.processor
+    rows = check_placeholders(rows, processor, config.skip_bad, problems)
+    dataset = build_dataset(rows)
+    for msg in problems:
+        log.warning(msg)
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
 
