@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "train": "spr.train",
     "merge": "spr.merge",
     "eval": "spr.evaluate.cli",
+    "demo": "spr.toy.demo",
 }
 
 

@@ -1,0 +1,313 @@
+"""`spr demo`: the whole SPR method, offline, in the shapes world.
+
+shapes world -> base model (shipped, else trained and cached) -> regions -> generate -> score (tiny CLIP +
+localization) -> refine + pairs -> DPO (LoRA) -> merge -> evaluation of base and SPR model on held-out test
+scenes -> report.html, results.md, results.json.
+
+Every stage is the same `spr <stage>` command a user runs on real data, called with files in the run directory,
+so the demo is also the reference for wiring the stages together. The run directory remembers its settings
+(demo.json): a re-run with the same settings resumes where it stopped; other settings are refused instead of
+mixing two runs in one directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class DemoConfig:
+    seed: int = 0
+    train_scenes: int = 160
+    """World scenes the SPR round draws its regions from (one region per scene)."""
+    test_scenes: int = 150
+    """Held-out scenes for the evaluation; never used for training or selection."""
+    val_scenes: int = 50
+    samples: int = 6
+    """Candidates per region and prompt."""
+    prompts: str = "region_box,crop,hints"
+    temperature: float = 1.0
+    max_new_tokens: int = 200
+    beta: float = 0.1
+    learning_rate: float = 1e-4
+    """Higher than the 1e-5 of 7B models: the tiny base has few, small LoRA matrices and one short epoch."""
+    epochs: int = 1
+    lora_r: int = 16
+    rec_limit: int = 1000
+    """Test referring expressions evaluated per model (the first N of the test split)."""
+    description_limit: int = 150
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+STAGES = ("world", "regions", "generate", "score", "pairs", "train", "merge", "eval", "report")
+
+
+class DemoRun:
+    """The run directory: its settings, which stages are done, and where each file lives."""
+
+    def __init__(self, out: str | Path, config: DemoConfig, overwrite: bool = False):
+        self.dir = Path(out).resolve()
+        self.config = config
+        self.state_path = self.dir / "demo.json"
+        self._claim(overwrite)
+
+    def _claim(self, overwrite: bool) -> None:
+        settings = asdict(self.config)
+        if self.dir.exists() and any(self.dir.iterdir()):
+            if not self.state_path.exists():
+                if not overwrite:
+                    raise UserError(
+                        f"{self.dir} is not empty and holds no demo run; choose another --out or pass --overwrite"
+                    )
+            else:
+                try:
+                    state = json.loads(self.state_path.read_text())
+                except (OSError, json.JSONDecodeError) as e:
+                    raise UserError(
+                        f"{self.state_path}: unreadable ({e}); pass --overwrite to start this run afresh"
+                    ) from None
+                if state.get("settings") != settings and not overwrite:
+                    diff = [k for k in settings if state.get("settings", {}).get(k) != settings[k]]
+                    raise UserError(
+                        f"{self.dir} holds a demo run with other settings ({', '.join(diff)}); use another --out, the same settings to resume, or --overwrite"
+                    )
+            if overwrite:
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.state_path.exists():
+            self._save({"settings": settings, "done": {}})
+
+    def _load(self) -> dict:
+        return json.loads(self.state_path.read_text())
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_path)
+
+    def done(self, stage: str) -> bool:
+        return stage in self._load()["done"]
+
+    def mark(self, stage: str, seconds: float) -> None:
+        state = self._load()
+        state["done"][stage] = round(seconds, 1)
+        self._save(state)
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+
+def _spr(*argv) -> None:
+    from ..cli import main
+
+    argv = [str(a) for a in argv]
+    code = main(argv)
+    if code != 0:
+        raise UserError(
+            f"stage `spr {' '.join(argv[:2])}` failed (exit {code}); fix the cause and re-run the demo to resume"
+        )
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SPR_CACHE", Path.home() / ".cache" / "spr"))
+
+
+def base_model_dir(log=print, given: str | Path | None = None) -> Path:
+    """``given``, else the shipped base model, else one trained by the recipe and cached (minutes, far weaker)."""
+    if given:
+        return Path(given).resolve()
+    shipped = ASSETS / "base"
+    if (shipped / "model.safetensors").exists():
+        return shipped
+    cached = _cache_dir() / "toy-base-quick"
+    if not (cached / "model.safetensors").exists():
+        log("no shipped base model: training a quick one with the recipe (weaker than the shipped one)")
+        _spr("toy", "train-base", "--out", cached, "--steps", 600, "--vision-steps", 200, "--eval-every", 600)
+    return cached
+
+
+def clip_model_dir(log=print, given: str | Path | None = None) -> Path:
+    """``given``, else the shipped tiny CLIP of the world, else one trained by its recipe (a minute) and cached."""
+    if given:
+        return Path(given).resolve()
+    shipped = ASSETS / "clip"
+    if (shipped / "model.safetensors").exists():
+        return shipped
+    cached = _cache_dir() / "toy-clip"
+    if not (cached / "model.safetensors").exists():
+        log("no shipped tiny CLIP: training one with the recipe")
+        _spr("toy", "train-clip", "--out", cached, "--threads", 1)
+    return cached
+
+
+def run_demo(
+    out: str | Path, config: DemoConfig, overwrite: bool = False, base_model=None, clip_model=None, log=print
+) -> dict:
+    run = DemoRun(out, config, overwrite)
+    c = config
+    world, models = run.path("world"), {}
+    t_all = time.time()
+
+    def stage(name: str, fn, output: Path | None = None) -> None:
+        i = STAGES.index(name) + 1
+        if run.done(name):
+            log(f"[{i}/{len(STAGES)}] {name}: done earlier, skipped")
+            return
+        log(f"\n[{i}/{len(STAGES)}] {name}")
+        t = time.time()
+        fn()
+        if output is not None and _count_lines(output) == 0:
+            raise UserError(f"stage {name} wrote no records to {output}; see its summary above")
+        run.mark(name, time.time() - t)
+
+    stage("world", lambda: _spr("toy", "world", "--out", world, "--seed", c.seed, "--train", c.train_scenes,
+                                "--val", c.val_scenes, "--test", c.test_scenes, "--quiet"))  # fmt: skip
+    # Model locations are looked up on every run (they are not outputs of the run directory).
+    models["base"], models["clip"] = base_model_dir(log, base_model), clip_model_dir(log, clip_model)
+    log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
+    stage("regions", lambda: _spr("regions", "--annotations", world / "train" / "annotations.json",
+                                  "--images", world / "train" / "images", "--out", run.path("regions.jsonl"), "--seed", c.seed), run.path("regions.jsonl"))  # fmt: skip
+    stage("generate", lambda: _spr("generate", "--model", models["base"], "--regions", run.path("regions.jsonl"),
+                                   "--out", run.path("candidates.jsonl"), "--samples", c.samples,
+                                   "--temperature", c.temperature, "--max-new-tokens", c.max_new_tokens,
+                                   "--prompts", c.prompts, "--seed", c.seed, "--batch-size", 8), run.path("candidates.jsonl"))  # fmt: skip
+    stage("score", lambda: _spr("score", "--regions", run.path("regions.jsonl"), "--candidates", run.path("candidates.jsonl"),
+                                "--out", run.path("scores.jsonl"), "--semantic", "clip", "--clip-model", models["clip"]))  # fmt: skip
+    stage("pairs", lambda: _spr("pairs", "--regions", run.path("regions.jsonl"), "--candidates", run.path("candidates.jsonl"),
+                                "--scores", run.path("scores.jsonl"), "--out", run.path("pairs.jsonl")), run.path("dpo.jsonl"))  # fmt: skip
+    stage("train", lambda: _spr("train", "--model", models["base"], "--data", run.path("dpo.jsonl"), "--out", run.path("dpo"),
+                                "--beta", c.beta, "--learning-rate", c.learning_rate, "--num-train-epochs", c.epochs,
+                                "--lora-r", c.lora_r, "--seed", c.seed, "--per-device-train-batch-size", 4))  # fmt: skip
+    stage(
+        "merge",
+        lambda: _spr(
+            "merge", "--adapter", run.path("dpo"), "--base", models["base"], "--out", run.path("spr_model")
+        ),
+    )
+
+    def evaluate() -> None:
+        for name, model in (("base", models["base"]), ("spr", run.path("spr_model"))):
+            _spr("eval", "rec", "--model", model, "--data", world / "test" / "rec.jsonl",
+                 "--out", run.path("eval", name, "rec"), "--limit", c.rec_limit, "--batch-size", 16)  # fmt: skip
+            _spr("eval", "description", "--model", model, "--data", run.path("test_regions.jsonl"),
+                 "--out", run.path("eval", name, "description"), "--limit", c.description_limit,
+                 "--max-new-tokens", c.max_new_tokens)  # fmt: skip
+
+    def test_regions() -> None:
+        _spr("regions", "--annotations", world / "test" / "annotations.json", "--images", world / "test" / "images",
+             "--out", run.path("test_regions.jsonl"), "--seed", c.seed)  # fmt: skip
+        evaluate()
+
+    stage("eval", test_regions)
+    stage("report", lambda: write_results(run, log))
+    results = json.loads(run.path("results.json").read_text())
+    log(
+        f"\ndemo finished in {time.time() - t_all:.0f} s: {run.path('report.html')}, {run.path('results.md')}"
+    )
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+REC_KEYS = ("acc@0.5", "acc@0.6", "acc@0.7", "acc@0.8", "acc@0.9", "mean_iou")
+
+
+def _metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def collect_results(run: DemoRun) -> dict:
+    results: dict = {}
+    for name in ("base", "spr"):
+        rec = _metrics(run.path("eval", name, "rec"))
+        desc = _metrics(run.path("eval", name, "description"))
+        results[name] = {k: rec[k] for k in REC_KEYS}
+        results[name]["rec_parse_fail"] = rec.get("parse_fail")
+        results[name]["rec_n"] = rec.get("n")
+        for k in ("f1@0.5", "f1@0.75", "precision@0.5", "recall@0.5", "semantic"):
+            if k in desc:
+                results[name][f"description_{k}"] = desc[k]
+    summary = run.path("pairs.summary.json")
+    results["pairs"] = json.loads(summary.read_text()) if summary.exists() else {}
+    results["settings"] = asdict(run.config)
+    return results
+
+
+def results_markdown(results: dict) -> str:
+    from ..table import markdown_table
+
+    keys = [k for k in results["base"] if k in results["spr"] and isinstance(results["base"][k], int | float)]
+    rows = [[k, results["base"][k], results["spr"][k], results["spr"][k] - results["base"][k]] for k in keys]
+    n = results["base"].get("rec_n")
+    head = (
+        f"Shapes world, held-out test scenes ({n} referring expressions); SPR = one round of the method.\n\n"
+    )
+    return head + markdown_table(["metric", "base", "SPR", "delta"], rows) + "\n"
+
+
+def write_results(run: DemoRun, log=print) -> None:
+    results = collect_results(run)
+    run.path("results.json").write_text(json.dumps(results, indent=1))
+    table = results_markdown(results)
+    run.path("results.md").write_text(table)
+    _spr("report", "--run", run.dir, "--title", "SPR demo (shapes world)")
+    log("\n" + table)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+HELP = "Run the whole SPR method offline in the synthetic shapes world and show what it changed."
+
+
+def add_arguments(p) -> None:
+    d = DemoConfig()
+    p.add_argument(
+        "--out", default="runs/demo", help="run directory (re-running with the same settings resumes)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the world and of the SPR round")
+    p.add_argument(
+        "--train-scenes", type=int, default=d.train_scenes, help="scenes the SPR regions come from"
+    )
+    p.add_argument("--test-scenes", type=int, default=d.test_scenes, help="held-out evaluation scenes")
+    p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="DPO learning rate")
+    p.add_argument("--rec-limit", type=int, default=d.rec_limit, help="test referring expressions per model")
+    p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
+    p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
+    p.add_argument(
+        "--clip-model", help="CLIP directory for the semantic score (default: the shipped tiny CLIP)"
+    )
+
+
+def run(args) -> int:
+    config = DemoConfig(
+        seed=args.seed,
+        train_scenes=args.train_scenes,
+        test_scenes=args.test_scenes,
+        samples=args.samples,
+        learning_rate=args.learning_rate,
+        rec_limit=args.rec_limit,
+    )
+    run_demo(
+        args.out, config, overwrite=args.overwrite, base_model=args.base_model, clip_model=args.clip_model
+    )
+    return 0
