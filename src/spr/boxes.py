@@ -36,6 +36,15 @@ def area(boxes) -> np.ndarray:
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) intersection areas of (N, 4) and (M, 4) arrays."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    return np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+
+
 def iou(a, b) -> np.ndarray:
     """The (N, M) IoU matrix between boxes ``a`` (N, 4) and ``b`` (M, 4), in [0, 1].
 
@@ -43,11 +52,7 @@ def iou(a, b) -> np.ndarray:
     A pair whose union is empty (two degenerate boxes) has IoU 0.
     """
     a, b = as_array(a), as_array(b)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    inter = _intersection(a, b)
     union = area(a)[:, None] + area(b)[None, :] - inter
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=union > 0)
@@ -57,11 +62,7 @@ def iou(a, b) -> np.ndarray:
 def intersection_over_area(a, b) -> np.ndarray:
     """(N, M) matrix: the fraction of each box in ``a`` that lies inside each box in ``b``."""
     a, b = as_array(a), as_array(b)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    inter = _intersection(a, b)
     a_area = area(a)[:, None]
     out = np.zeros_like(inter)
     np.divide(inter, a_area, out=out, where=a_area > 0)

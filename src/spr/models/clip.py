@@ -314,24 +314,33 @@ class TinyClipConfig:
     """Width of the shared image-text embedding space."""
     max_text_tokens: int = 32
     """Text encoder length limit (CLIP's is 77); small so that tests exercise splitting long texts."""
+    mlp_ratio: int = 2
+    """MLP width as a multiple of hidden_size."""
+    vocab_size: int = 1000
+    """Tokenizer vocabulary trained on the corpus."""
 
 
 def build_tiny_clip(
-    out_dir: str | Path, seed: int = 0, family: str = "clip", config: TinyClipConfig | None = None
+    out_dir: str | Path,
+    seed: int = 0,
+    family: str = "clip",
+    config: TinyClipConfig | None = None,
+    corpus: Sequence[str] = TINY_CORPUS,
 ) -> Path:
-    """Build a tiny randomly initialised CLIPModel (or SiglipModel) with a locally trained tokenizer and save it
-    as a normal model directory that :func:`load_clip` (and transformers' ``AutoModel``/``AutoProcessor``) load.
-    Random weights: the embeddings are deterministic for a seed but carry no meaning."""
+    """Build a tiny randomly initialised CLIPModel (or SiglipModel) with a tokenizer trained locally on
+    ``corpus`` and save it as a normal model directory that :func:`load_clip` (and transformers'
+    ``AutoModel``/``AutoProcessor``) load. Random weights: deterministic for a seed but carrying no meaning."""
     import torch
 
     cfg = config or TinyClipConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_clip_tokenizer()
+    tokenizer = train_clip_tokenizer(corpus, vocab_size=cfg.vocab_size)
+    tokenizer.model_max_length = cfg.max_text_tokens
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.hidden_size * 2,
+        intermediate_size=cfg.hidden_size * cfg.mlp_ratio,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         max_position_embeddings=cfg.max_text_tokens,
@@ -341,7 +350,7 @@ def build_tiny_clip(
     )
     vision = dict(
         hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.hidden_size * 2,
+        intermediate_size=cfg.hidden_size * cfg.mlp_ratio,
         num_hidden_layers=cfg.layers,
         num_attention_heads=cfg.heads,
         image_size=cfg.image_size,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..models.clip import TinyClipConfig
 from . import descriptions as D
 from .world import WorldConfig, make_scene
 
@@ -38,19 +39,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TinyClipShape:
-    """Size of the tiny CLIP (both towers share the width)."""
+class TinyClipShape(TinyClipConfig):
+    """Size of the world's tiny CLIP (both towers share the width). A region view is padded to a square and
+    resized to ``image_size``; 16 px patches on a 64 px input make a 4 x 4 grid, four times cheaper than 8 px
+    patches, and it learned the shapes better within the same minute (the in-context view of a small object is
+    then coarse)."""
 
     hidden_size: int = 64
-    layers: int = 2
     heads: int = 4
-    image_size: int = 64
-    """Vision input side; a region view is padded to a square and resized to it."""
-    patch_size: int = 16
-    """16 px patches on a 64 px input: a 4 x 4 grid, four times cheaper than 8 px patches, and it learned the
-    shapes better within the same minute (the in-context view of a small object is then coarse)."""
     projection_dim: int = 64
     max_text_tokens: int = 48
+    mlp_ratio: int = 4
+    vocab_size: int = 800
 
 
 @dataclass
@@ -97,30 +97,9 @@ def world_corpus(world: WorldConfig) -> list[str]:
 
 def build_clip(out_dir: str | Path, world: WorldConfig, shape: TinyClipShape, seed: int = 0) -> Path:
     """A random tiny transformers CLIPModel with a tokenizer trained on the world's words, saved to ``out_dir``."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from ..models.clip import TINY_CORPUS, build_tiny_clip
 
-    from ..models.clip import TINY_CORPUS, train_clip_tokenizer
-
-    tokenizer = train_clip_tokenizer([*TINY_CORPUS, *world_corpus(world)], vocab_size=800)
-    tokenizer.model_max_length = shape.max_text_tokens
-    tower = dict(hidden_size=shape.hidden_size, intermediate_size=shape.hidden_size * 4,
-                 num_hidden_layers=shape.layers, num_attention_heads=shape.heads)  # fmt: skip
-    text = dict(tower, vocab_size=len(tokenizer), max_position_embeddings=shape.max_text_tokens,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    vision = dict(tower, image_size=shape.image_size, patch_size=shape.patch_size)
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=shape.projection_dim))
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": shape.image_size},
-        crop_size={"height": shape.image_size, "width": shape.image_size},
-    )
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
+    return build_tiny_clip(out_dir, seed=seed, config=shape, corpus=[*TINY_CORPUS, *world_corpus(world)])
 
 
 # ------------------------------------------------------------------------------------------------- data

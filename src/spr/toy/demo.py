@@ -131,32 +131,30 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SPR_CACHE", Path.home() / ".cache" / "spr"))
 
 
-def base_model_dir(log=print, given: str | Path | None = None) -> Path:
-    """``given``, else the shipped base model, else one trained by the recipe and cached (minutes, far weaker)."""
+def _shipped_or_cached(name: str, given, train_argv: list, log) -> Path:
+    """``given``, else the model shipped in assets/<name>, else one trained by its recipe and cached."""
     if given:
         return Path(given).resolve()
-    shipped = ASSETS / "base"
+    shipped = ASSETS / name
     if (shipped / "model.safetensors").exists():
         return shipped
-    cached = _cache_dir() / "toy-base-quick"
+    cached = _cache_dir() / f"toy-{name}"
     if not (cached / "model.safetensors").exists():
-        log("no shipped base model: training a quick one with the recipe (weaker than the shipped one)")
-        _spr("toy", "train-base", "--out", cached, "--steps", 600, "--vision-steps", 200, "--eval-every", 600)
+        log(f"no shipped {name} model: training one with its recipe into {cached}")
+        _spr("toy", *train_argv, "--out", cached)
     return cached
+
+
+def base_model_dir(log=print, given: str | Path | None = None) -> Path:
+    """The base model: given, shipped, or trained by a short run of the recipe (minutes; far weaker)."""
+    return _shipped_or_cached(
+        "base", given, ["train-base", "--steps", 600, "--vision-steps", 200, "--threads", 1], log
+    )
 
 
 def clip_model_dir(log=print, given: str | Path | None = None) -> Path:
-    """``given``, else the shipped tiny CLIP of the world, else one trained by its recipe (a minute) and cached."""
-    if given:
-        return Path(given).resolve()
-    shipped = ASSETS / "clip"
-    if (shipped / "model.safetensors").exists():
-        return shipped
-    cached = _cache_dir() / "toy-clip"
-    if not (cached / "model.safetensors").exists():
-        log("no shipped tiny CLIP: training one with the recipe")
-        _spr("toy", "train-clip", "--out", cached, "--threads", 1)
-    return cached
+    """The tiny CLIP of the world: given, shipped, or trained by its recipe (about a minute)."""
+    return _shipped_or_cached("clip", given, ["train-clip", "--threads", 1], log)
 
 
 def run_demo(
