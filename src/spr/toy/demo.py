@@ -28,6 +28,8 @@ ASSETS = Path(__file__).parent / "assets"
 @dataclass
 class DemoConfig:
     seed: int = 0
+    preset: str = "default"
+    """World difficulty (spr toy world --preset); must be the world the base model was trained on."""
     train_scenes: int = 160
     """World scenes the SPR round draws its regions from (one region per scene)."""
     test_scenes: int = 150
@@ -145,10 +147,13 @@ def _shipped_or_cached(name: str, given, train_argv: list, log) -> Path:
     return cached
 
 
-def base_model_dir(log=print, given: str | Path | None = None) -> Path:
+def base_model_dir(log=print, given: str | Path | None = None, preset: str = "default") -> Path:
     """The base model: given, shipped, or trained by a short run of the recipe (minutes; far weaker)."""
     return _shipped_or_cached(
-        "base", given, ["train-base", "--steps", 600, "--vision-steps", 200, "--threads", 1], log
+        "base",
+        given,
+        ["train-base", "--preset", preset, "--steps", 600, "--vision-steps", 200, "--threads", 1],
+        log,
     )
 
 
@@ -177,10 +182,13 @@ def run_demo(
             raise UserError(f"stage {name} wrote no records to {output}; see its summary above")
         run.mark(name, time.time() - t)
 
-    stage("world", lambda: _spr("toy", "world", "--out", world, "--seed", c.seed, "--train", c.train_scenes,
+    stage("world", lambda: _spr("toy", "world", "--out", world, "--seed", c.seed, "--preset", c.preset, "--train", c.train_scenes,
                                 "--val", c.val_scenes, "--test", c.test_scenes, "--quiet"))  # fmt: skip
     # Model locations are looked up on every run (they are not outputs of the run directory).
-    models["base"], models["clip"] = base_model_dir(log, base_model), clip_model_dir(log, clip_model)
+    models["base"], models["clip"] = (
+        base_model_dir(log, base_model, c.preset),
+        clip_model_dir(log, clip_model),
+    )
     log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
     stage("regions", lambda: _spr("regions", "--annotations", world / "train" / "annotations.json",
                                   "--images", world / "train" / "images", "--out", run.path("regions.jsonl"), "--seed", c.seed), run.path("regions.jsonl"))  # fmt: skip
