@@ -50,6 +50,8 @@ class BaseRecipeConfig:
     min_lr_fraction: float = 0.1
     aux_weight: float = 1.0
     """Weight of the dense image-token loss in the joint phase."""
+    expression_kinds: tuple[str, ...] = ()
+    """Referring-expression kinds to train on (label, shape, colour, size, relation); empty for all."""
     rec_fraction: float = 0.6
     """Share of referring-expression examples; the rest are grounded region descriptions."""
     scene_pool: int = 3000
@@ -150,8 +152,8 @@ class Example:
     target: tuple[float, float, float, float] | None = None  # REC referent, view pixels
 
 
-def rec_example(scene, rng: random.Random, adapter) -> Example | None:
-    exprs = expressions_for_scene(scene.objects, rng)
+def rec_example(scene, rng: random.Random, adapter, kinds: tuple[str, ...] = ()) -> Example | None:
+    exprs = [e for e in expressions_for_scene(scene.objects, rng) if not kinds or e.kind in kinds]
     if not exprs:
         return None
     e = rng.choice(exprs)
@@ -219,7 +221,10 @@ def make_batch_examples(config: BaseRecipeConfig, rng: random.Random, pool: Scen
     out = []
     while len(out) < config.batch_size:
         scene = pool[rng.randrange(config.scene_pool)]
-        ex = rec_example(scene, rng, adapter) if rec else description_example(scene, rng, adapter, templates)
+        if rec:
+            ex = rec_example(scene, rng, adapter, config.expression_kinds)
+        else:
+            ex = description_example(scene, rng, adapter, templates)
         if ex is not None:
             out.append(ex)
     return out
@@ -287,14 +292,15 @@ def collate(adapter, examples):
 def rec_accuracy(
     adapter, config: BaseRecipeConfig, n_scenes: int, split: str = "val", batch_size: int = 25
 ) -> dict:
-    """Greedy REC accuracy of the model on ``n_scenes`` scenes of ``split`` (one expression each)."""
+    """Greedy REC accuracy of the model on ``n_scenes`` scenes of ``split`` (one expression each, of the kinds
+    the recipe trains on)."""
     import torch
 
     rng = random.Random(f"{config.seed}:recipe-eval")
     items = []
     for i in range(n_scenes):
         scene = make_scene(config.world, f"{config.seed}:{split}:{i}")
-        ex = rec_example(scene, rng, adapter)
+        ex = rec_example(scene, rng, adapter, config.expression_kinds)
         if ex:
             items.append(ex)
     ious = []
@@ -438,6 +444,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         rec_fraction=args.rec_fraction,
+        expression_kinds=tuple(k for k in args.expression_kinds.split(",") if k),
         eval_every=args.eval_every,
         eval_scenes=args.eval_scenes,
         threads=args.threads or None,
