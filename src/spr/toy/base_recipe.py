@@ -424,6 +424,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--rec-fraction", type=float, default=d.rec_fraction, help="share of referring-expression batches"
     )
+    p.add_argument("--expression-kinds", default="", help="comma-separated kinds to train on (default: all)")
     p.add_argument(
         "--eval-every", type=int, default=d.eval_every, help="validation REC accuracy every N steps"
     )
