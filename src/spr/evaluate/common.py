@@ -128,7 +128,8 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def split_table(metrics: dict, columns: list[str]) -> str:
-    """Rows: one per split, then "all"."""
+    """Rows: one per split, then "all" (unless the only split is already "all")."""
     rows = [{"split": name, **vals} for name, vals in metrics.get("splits", {}).items()]
-    rows.append({"split": "all", **{c: metrics.get(c) for c in columns}})
+    if [r["split"] for r in rows] != ["all"]:
+        rows.append({"split": "all", **{c: metrics.get(c) for c in columns}})
     return table(rows, ["split", *columns])
