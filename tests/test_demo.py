@@ -62,3 +62,23 @@ def test_demo_runs_every_stage_on_real_files_and_resumes(tmp_path, tiny_model_di
     lines = []
     run_demo(out, config, base_model=tiny_model_dir("qwen2_vl"), clip_model=clip, log=lines.append)
     assert sum("done earlier, skipped" in m for m in lines) == 9  # a re-run redoes nothing
+
+
+def test_base_trained_on_some_expression_kinds_is_tested_on_those(tmp_path):
+    from spr.toy.demo import test_expressions, trained_kinds
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "recipe.json").write_text(json.dumps({"expression_kinds": ["label"]}))
+    rec = tmp_path / "test" / "rec.jsonl"
+    rec.parent.mkdir()
+    rows = [
+        {"id": "1", "image": "images/a.png", "kind": "label"},
+        {"id": "2", "image": "images/a.png", "kind": "relation"},
+    ]
+    rec.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kinds = trained_kinds(tmp_path / "base")
+    out = test_expressions(rec, kinds, tmp_path / "test_rec.jsonl")
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in kept] == ["1"]
+    assert kept[0]["image"] == str(tmp_path / "test" / "images" / "a.png")
+    assert test_expressions(rec, [], tmp_path / "x.jsonl") == rec  # a base trained on every kind: all of them

@@ -211,8 +211,11 @@ def run_demo(
     )
 
     def evaluate() -> None:
+        rec_data = test_expressions(
+            world / "test" / "rec.jsonl", trained_kinds(models["base"]), run.path("test_rec.jsonl")
+        )
         for name, model in (("base", models["base"]), ("spr", run.path("spr_model"))):
-            _spr("eval", "rec", "--model", model, "--data", world / "test" / "rec.jsonl",
+            _spr("eval", "rec", "--model", model, "--data", rec_data,
                  "--out", run.path("eval", name, "rec"), "--limit", c.rec_limit, "--batch-size", 16)  # fmt: skip
             _spr("eval", "description", "--model", model, "--data", run.path("test_regions.jsonl"),
                  "--out", run.path("eval", name, "description"), "--limit", c.description_limit,
@@ -224,12 +227,35 @@ def run_demo(
         evaluate()
 
     stage("eval", test_regions)
-    stage("report", lambda: write_results(run, log))
+    stage("report", lambda: write_results(run, models["base"], log))
     results = json.loads(run.path("results.json").read_text())
     log(
         f"\ndemo finished in {time.time() - t_all:.0f} s: {run.path('report.html')}, {run.path('results.md')}"
     )
     return results
+
+
+def trained_kinds(base: Path) -> list[str]:
+    """The referring-expression kinds the base was trained on (from its recipe.json); empty for all."""
+    recipe = Path(base) / "recipe.json"
+    if not recipe.exists():
+        return []
+    return list(json.loads(recipe.read_text()).get("expression_kinds") or [])
+
+
+def test_expressions(rec_jsonl: Path, kinds: list[str], out: Path) -> Path:
+    """The test split's referring expressions of the given kinds (all when empty), with absolute image paths.
+    A base trained on label expressions only is tested on those: relations would test what it never learned."""
+    if not kinds:
+        return rec_jsonl
+    rows = []
+    for line in rec_jsonl.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("kind") in kinds:
+            row["image"] = str((rec_jsonl.parent / row["image"]).resolve())
+            rows.append(json.dumps(row))
+    out.write_text("\n".join(rows) + "\n")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -241,7 +267,7 @@ def _metrics(path: Path) -> dict:
     return json.loads((path / "metrics.json").read_text())
 
 
-def collect_results(run: DemoRun) -> dict:
+def collect_results(run: DemoRun, base: Path) -> dict:
     results: dict = {}
     for name in ("base", "spr"):
         rec = _metrics(run.path("eval", name, "rec"))
@@ -252,6 +278,7 @@ def collect_results(run: DemoRun) -> dict:
         for k in ("f1@0.5", "f1@0.75", "precision@0.5", "recall@0.5", "semantic"):
             if k in desc:
                 results[name][f"description_{k}"] = desc[k]
+    results["rec_expression_kinds"] = trained_kinds(base) or "all"
     summary = run.path("pairs.summary.json")
     results["pairs"] = json.loads(summary.read_text()) if summary.exists() else {}
     results["settings"] = asdict(run.config)
@@ -270,8 +297,8 @@ def results_markdown(results: dict) -> str:
     return head + markdown_table(["metric", "base", "SPR", "delta"], rows) + "\n"
 
 
-def write_results(run: DemoRun, log=print) -> None:
-    results = collect_results(run)
+def write_results(run: DemoRun, base: Path, log=print) -> None:
+    results = collect_results(run, base)
     run.path("results.json").write_text(json.dumps(results, indent=1))
     table = results_markdown(results)
     run.path("results.md").write_text(table)
