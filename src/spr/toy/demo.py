@@ -12,7 +12,6 @@ mixing two runs in one directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ ASSETS = Path(__file__).parent / "assets"
 @dataclass
 class DemoConfig:
     seed: int = 0
-    preset: str = "default"
+    preset: str = "easy"
     """World difficulty (spr toy world --preset); must be the world the base model was trained on."""
     train_scenes: int = 160
     """World scenes the SPR round draws its regions from (one region per scene)."""
@@ -48,9 +47,6 @@ class DemoConfig:
     rec_limit: int = 1000
     """Test referring expressions evaluated per model (the first N of the test split)."""
     description_limit: int = 150
-
-    def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 STAGES = ("world", "regions", "generate", "score", "pairs", "train", "merge", "eval", "report")
@@ -291,8 +287,11 @@ def results_markdown(results: dict) -> str:
     keys = [k for k in results["base"] if k in results["spr"] and isinstance(results["base"][k], int | float)]
     rows = [[k, results["base"][k], results["spr"][k], results["spr"][k] - results["base"][k]] for k in keys]
     n = results["base"].get("rec_n")
+    kinds = results.get("rec_expression_kinds", "all")
+    kinds = kinds if isinstance(kinds, str) else ", ".join(kinds)
     head = (
-        f"Shapes world, held-out test scenes ({n} referring expressions); SPR = one round of the method.\n\n"
+        f"Shapes world, held-out test scenes ({n} referring expressions of kind: {kinds}); "
+        "SPR = one round of the method.\n\n"
     )
     return head + markdown_table(["metric", "base", "SPR", "delta"], rows) + "\n"
 
