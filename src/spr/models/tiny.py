@@ -48,7 +48,15 @@ def _ids(tokenizer, spec: FamilySpec) -> dict:
 token_ids = _ids  # public name: the special-token ids a config and generation config need
 
 
-def _qwen_config(name: str, tokenizer, spec: FamilySpec):
+def qwen_config(
+    name: str,
+    tokenizer,
+    spec: FamilySpec,
+    text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
+):
+    """Config of a Qwen2-VL / Qwen2.5-VL of the tiny size, or of another size given by ``text`` and ``vision``
+    overrides, with the special-token ids of ``tokenizer``."""
     import transformers
 
     tid = tokenizer.convert_tokens_to_ids
@@ -58,6 +66,7 @@ def _qwen_config(name: str, tokenizer, spec: FamilySpec):
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         **_ids(tokenizer, spec),
     )
+    text.update(text_overrides or {})
     if name == "qwen2_vl":
         vision = dict(depth=2, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=2, mlp_ratio=2)
         cls = transformers.Qwen2VLConfig
@@ -72,7 +81,7 @@ def _qwen_config(name: str, tokenizer, spec: FamilySpec):
             fullatt_block_indexes=[1],
         )
         cls = transformers.Qwen2_5_VLConfig
-    vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, **(vision_overrides or {}))
     return cls(
         text_config=text,
         vision_config=vision,
@@ -240,7 +249,7 @@ def make_tiny(family: str, seed: int = 0):
     spec = get_family(family)
     tokenizer = make_tokenizer(spec)
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        config, processor = _qwen_config(family, tokenizer, spec), _qwen_processor(spec, tokenizer)
+        config, processor = qwen_config(family, tokenizer, spec), _qwen_processor(spec, tokenizer)
     else:
         config, processor = {
             "llava": _llava,

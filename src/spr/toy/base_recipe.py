@@ -86,15 +86,12 @@ def build_model(config: BaseRecipeConfig):
     from ..models import get_family
     from ..models.adapter import ModelAdapter
     from ..models.processors import processor_class
-    from ..models.tiny import _ids as token_ids
-    from ..models.tiny import make_tokenizer
+    from ..models.tiny import make_tokenizer, qwen_config, token_ids
 
     spec = get_family("qwen2_vl")
     tokenizer = make_tokenizer(spec)
-    tid = tokenizer.convert_tokens_to_ids
     half = config.hidden_size // config.heads // 2
     text = dict(
-        vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
         num_hidden_layers=config.layers,
@@ -106,7 +103,6 @@ def build_model(config: BaseRecipeConfig):
             "rope_theta": 10000.0,
             "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8],
         },
-        **token_ids(tokenizer, spec),
     )
     vision = dict(
         depth=config.vision_depth,
@@ -114,18 +110,8 @@ def build_model(config: BaseRecipeConfig):
         hidden_size=config.hidden_size,
         num_heads=4,
         mlp_ratio=2,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
     )
-    model_config = transformers.Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=tid("<|image_pad|>"),
-        video_token_id=tid("<|video_pad|>"),
-        vision_start_token_id=tid("<|vision_start|>"),
-        vision_end_token_id=tid("<|vision_end|>"),
-    )
+    model_config = qwen_config("qwen2_vl", tokenizer, spec, text_overrides=text, vision_overrides=vision)
     torch.manual_seed(config.seed)
     model = transformers.Qwen2VLForConditionalGeneration(model_config)
     model.generation_config = GenerationConfig(**token_ids(tokenizer, spec))
