@@ -120,11 +120,10 @@ def _fmt(v) -> str:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    """A small markdown table (also readable in a terminal)."""
-    head = "| " + " | ".join(columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    """A small markdown table of metrics (4 decimals, "-" for missing values)."""
+    from ..table import markdown_table
+
+    return markdown_table(columns, [[r.get(c) for c in columns] for r in rows], cell=_fmt)
 
 
 def split_table(metrics: dict, columns: list[str]) -> str:
