@@ -73,24 +73,30 @@ def _wanted(split: str, splits) -> bool:
     return not splits or split in splits
 
 
-def read_rec_jsonl(path: str | Path, splits=None, problems: list[str] | None = None) -> list[RecSample]:
-    """Referring expressions from the simple JSONL layout, filtered to ``splits`` when given."""
-    path = Path(path)
-    problems = problems if problems is not None else []
-    out: list[RecSample] = []
+def _jsonl_rows(path: Path, required: tuple[str, ...], splits, problems: list[str]):
+    """(index, where, row, split) for each record of a JSONL layout that has the ``required`` fields and a
+    wanted split; records missing fields are reported into ``problems`` and skipped."""
     try:
         rows = list(iter_jsonl(path, skip_bad=True, problems=problems))
     except (FileNotFoundError, OSError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     for i, row in enumerate(rows, start=1):
         where = f"{path}: record {i} (id {row.get('id', '?')!r})"
-        missing = [k for k in ("image", "expression", "box") if k not in row]
+        missing = [k for k in required if k not in row]
         if missing:
             problems.append(f"{where}: missing field(s) {', '.join(missing)}; skipped")
             continue
         split = str(row.get("split") or "all")
-        if not _wanted(split, splits):
-            continue
+        if _wanted(split, splits):
+            yield i, where, row, split
+
+
+def read_rec_jsonl(path: str | Path, splits=None, problems: list[str] | None = None) -> list[RecSample]:
+    """Referring expressions from the simple JSONL layout, filtered to ``splits`` when given."""
+    path = Path(path)
+    problems = problems if problems is not None else []
+    out: list[RecSample] = []
+    for i, where, row, split in _jsonl_rows(path, ("image", "expression", "box"), splits, problems):
         box = _box(row["box"], where, problems)
         if box is None:
             continue
@@ -236,15 +242,7 @@ def read_captions(path: str | Path, splits=None, problems: list[str] | None = No
     if not path.exists():
         raise UserError(f"{path}: no such file")
     out: list[CaptionSample] = []
-    for i, row in enumerate(iter_jsonl(path, skip_bad=True, problems=problems), start=1):
-        where = f"{path}: record {i} (id {row.get('id', '?')!r})"
-        missing = [k for k in ("image", "box", "captions") if k not in row]
-        if missing:
-            problems.append(f"{where}: missing field(s) {', '.join(missing)}; skipped")
-            continue
-        split = str(row.get("split") or "all")
-        if not _wanted(split, splits):
-            continue
+    for i, where, row, split in _jsonl_rows(path, ("image", "box", "captions"), splits, problems):
         caps = row["captions"]
         caps = [caps] if isinstance(caps, str) else [str(c) for c in caps or [] if str(c).strip()]
         if not caps:
