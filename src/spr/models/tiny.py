@@ -23,6 +23,10 @@ TEXT = dict(
 )
 
 
+# The vision towers of the LLaVA, LLaVA-OneVision, Idefics3 and InternVL tiny models.
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
 def make_tokenizer(spec: FamilySpec):
     from transformers import PreTrainedTokenizerFast
 
@@ -111,10 +115,7 @@ def _llava(spec, tokenizer):
     config = transformers.LlavaConfig(
         vision_config=dict(
             model_type="clip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION,
             image_size=image_size,
             patch_size=patch,
             projection_dim=32,
@@ -148,10 +149,7 @@ def _llava_onevision(spec, tokenizer):
     config = transformers.LlavaOnevisionConfig(
         vision_config=dict(
             model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION,
             image_size=image_size,
             patch_size=patch,
         ),
@@ -181,10 +179,7 @@ def _idefics3(spec, tokenizer):
     image_size, patch, scale = 28, 7, 2
     config = transformers.Idefics3Config(
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION,
             image_size=image_size,
             patch_size=patch,
         ),
@@ -216,10 +211,7 @@ def _internvl(spec, tokenizer):
     seq_len = (image_size // patch) ** 2 // 4  # pixel shuffle with downsample ratio 0.5
     config = transformers.InternVLConfig(
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            **VISION,
             image_size=[image_size, image_size],
             patch_size=[patch, patch],
         ),
