@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, str] = {
     "world": "spr.toy.world_cli",
     "train-clip": "spr.toy.clip_recipe",
     "train-base": "spr.toy.base_recipe",
+    "ablate": "spr.toy.ablate",
 }
 
 HELP = (

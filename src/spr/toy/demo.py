@@ -44,6 +44,8 @@ class DemoConfig:
     """Higher than the 1e-5 of 7B models: the tiny base has few, small LoRA matrices and one short epoch."""
     epochs: int = 1
     lora_r: int = 16
+    batch_size: int = 4
+    """Pairs per optimizer step."""
     rec_limit: int = 1000
     """Test referring expressions evaluated per model (the first N of the test split)."""
     description_limit: int = 150
@@ -55,19 +57,22 @@ STAGES = ("world", "regions", "generate", "score", "pairs", "train", "merge", "e
 class DemoRun:
     """The run directory: its settings, which stages are done, and where each file lives."""
 
+    STATE = "demo.json"
+    KIND = "demo"
+
     def __init__(self, out: str | Path, config: DemoConfig, overwrite: bool = False):
         self.dir = Path(out).resolve()
         self.config = config
-        self.state_path = self.dir / "demo.json"
+        self.state_path = self.dir / self.STATE
         self._claim(overwrite)
 
     def _claim(self, overwrite: bool) -> None:
-        settings = asdict(self.config)
+        settings = json.loads(json.dumps(asdict(self.config)))  # tuples as the lists they are read back as
         if self.dir.exists() and any(self.dir.iterdir()):
             if not self.state_path.exists():
                 if not overwrite:
                     raise UserError(
-                        f"{self.dir} is not empty and holds no demo run; choose another --out or pass --overwrite"
+                        f"{self.dir} is not empty and holds no {self.KIND} run; choose another --out or pass --overwrite"
                     )
             else:
                 try:
@@ -79,7 +84,7 @@ class DemoRun:
                 if state.get("settings") != settings and not overwrite:
                     diff = [k for k in settings if state.get("settings", {}).get(k) != settings[k]]
                     raise UserError(
-                        f"{self.dir} holds a demo run with other settings ({', '.join(diff)}); use another --out, the same settings to resume, or --overwrite"
+                        f"{self.dir} holds a {self.KIND} run with other settings ({', '.join(diff)}); use another --out, the same settings to resume, or --overwrite"
                     )
             if overwrite:
                 shutil.rmtree(self.dir)
@@ -103,8 +108,20 @@ class DemoRun:
         state["done"][stage] = round(seconds, 1)
         self._save(state)
 
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
+    def path(self, *parts) -> Path:
+        return self.dir.joinpath(*map(str, parts))
+
+    def stage(self, name: str, fn, output: Path | None = None, label: str = "", log=print) -> None:
+        """Run ``fn`` unless stage ``name`` is done; a stage that should write records and wrote none fails."""
+        if self.done(name):
+            log(f"{label}{name}: done earlier, skipped")
+            return
+        log(f"\n{label}{name}")
+        t = time.time()
+        fn()
+        if output is not None and _count_lines(output) == 0:
+            raise UserError(f"stage {name} wrote no records to {output}; see its summary above")
+        self.mark(name, time.time() - t)
 
 
 def _spr(*argv) -> None:
@@ -158,47 +175,76 @@ def clip_model_dir(log=print, given: str | Path | None = None) -> Path:
     return _shipped_or_cached("clip", given, ["train-clip", "--threads", 1], log)
 
 
+def world_command(out: Path, seed: int, c: DemoConfig, train: int, val: int, test: int) -> None:
+    _spr("toy", "world", "--out", out, "--seed", seed, "--preset", c.preset, "--train", train, "--val", val,
+         "--test", test, "--quiet")  # fmt: skip
+
+
+def round_stages(c: DemoConfig, seed: int, world: Path, d: Path, models: dict) -> list[tuple]:
+    """The stages of one SPR round up to its pairs, as (name, function, records it must write): regions of the
+    world's train split -> candidates of the base -> scores (tiny CLIP + localization) -> pairs and dpo.jsonl,
+    all in directory ``d``."""
+    regions, candidates, scores = d / "regions.jsonl", d / "candidates.jsonl", d / "scores.jsonl"
+    return [
+        ("regions", lambda: _spr("regions", "--annotations", world / "train" / "annotations.json",
+                                 "--images", world / "train" / "images", "--out", regions, "--seed", seed), regions),
+        ("generate", lambda: _spr("generate", "--model", models["base"], "--regions", regions, "--out", candidates,
+                                  "--samples", c.samples, "--temperature", c.temperature,
+                                  "--max-new-tokens", c.max_new_tokens, "--prompts", c.prompts, "--seed", seed,
+                                  "--batch-size", 8), candidates),
+        ("score", lambda: _spr("score", "--regions", regions, "--candidates", candidates, "--out", scores,
+                               "--semantic", "clip", "--clip-model", models["clip"]), scores),
+        ("pairs", lambda: pairs_command(d, scores, d / "pairs.jsonl"), d / "dpo.jsonl"),
+    ]  # fmt: skip
+
+
+def pairs_command(d: Path, scores: Path, out: Path) -> None:
+    _spr("pairs", "--regions", d / "regions.jsonl", "--candidates", d / "candidates.jsonl", "--scores", scores,
+         "--out", out)  # fmt: skip
+
+
+def train_command(c: DemoConfig, base: Path, data: Path, out: Path, seed: int, *extra) -> None:
+    """`spr train` with the demo's LoRA DPO settings (``extra``: more `spr train` options)."""
+    _spr("train", "--model", base, "--data", data, "--out", out, "--beta", c.beta,
+         "--learning-rate", c.learning_rate, "--num-train-epochs", c.epochs, "--lora-r", c.lora_r,
+         "--seed", seed, "--per-device-train-batch-size", c.batch_size, *extra)  # fmt: skip
+
+
+def evaluate_command(c: DemoConfig, model: Path, rec_data: Path, regions: Path, out: Path) -> None:
+    """REC on the test expressions and grounded descriptions of the test regions, into out/rec and
+    out/description."""
+    _spr("eval", "rec", "--model", model, "--data", rec_data, "--out", out / "rec", "--limit", c.rec_limit,
+         "--batch-size", 16)  # fmt: skip
+    _spr("eval", "description", "--model", model, "--data", regions, "--out", out / "description",
+         "--limit", c.description_limit, "--max-new-tokens", c.max_new_tokens)  # fmt: skip
+
+
+def test_data(c: DemoConfig, world: Path, base: Path, d: Path) -> tuple[Path, Path]:
+    """(referring expressions of the kinds the base was trained on, regions) of the world's test split."""
+    regions = d / "test_regions.jsonl"
+    _spr("regions", "--annotations", world / "test" / "annotations.json", "--images", world / "test" / "images",
+         "--out", regions, "--seed", c.seed)  # fmt: skip
+    return test_expressions(world / "test" / "rec.jsonl", trained_kinds(base), d / "test_rec.jsonl"), regions
+
+
 def run_demo(
     out: str | Path, config: DemoConfig, overwrite: bool = False, base_model=None, clip_model=None, log=print
 ) -> dict:
     run = DemoRun(out, config, overwrite)
     c = config
-    world, models = run.path("world"), {}
+    world = run.path("world")
     t_all = time.time()
 
     def stage(name: str, fn, output: Path | None = None) -> None:
-        i = STAGES.index(name) + 1
-        if run.done(name):
-            log(f"[{i}/{len(STAGES)}] {name}: done earlier, skipped")
-            return
-        log(f"\n[{i}/{len(STAGES)}] {name}")
-        t = time.time()
-        fn()
-        if output is not None and _count_lines(output) == 0:
-            raise UserError(f"stage {name} wrote no records to {output}; see its summary above")
-        run.mark(name, time.time() - t)
+        run.stage(name, fn, output, f"[{STAGES.index(name) + 1}/{len(STAGES)}] ", log)
 
-    stage("world", lambda: _spr("toy", "world", "--out", world, "--seed", c.seed, "--preset", c.preset, "--train", c.train_scenes,
-                                "--val", c.val_scenes, "--test", c.test_scenes, "--quiet"))  # fmt: skip
+    stage("world", lambda: world_command(world, c.seed, c, c.train_scenes, c.val_scenes, c.test_scenes))
     # Model locations are looked up on every run (they are not outputs of the run directory).
-    models["base"], models["clip"] = (
-        base_model_dir(log, base_model, c.preset),
-        clip_model_dir(log, clip_model),
-    )
+    models = {"base": base_model_dir(log, base_model, c.preset), "clip": clip_model_dir(log, clip_model)}
     log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
-    stage("regions", lambda: _spr("regions", "--annotations", world / "train" / "annotations.json",
-                                  "--images", world / "train" / "images", "--out", run.path("regions.jsonl"), "--seed", c.seed), run.path("regions.jsonl"))  # fmt: skip
-    stage("generate", lambda: _spr("generate", "--model", models["base"], "--regions", run.path("regions.jsonl"),
-                                   "--out", run.path("candidates.jsonl"), "--samples", c.samples,
-                                   "--temperature", c.temperature, "--max-new-tokens", c.max_new_tokens,
-                                   "--prompts", c.prompts, "--seed", c.seed, "--batch-size", 8), run.path("candidates.jsonl"))  # fmt: skip
-    stage("score", lambda: _spr("score", "--regions", run.path("regions.jsonl"), "--candidates", run.path("candidates.jsonl"),
-                                "--out", run.path("scores.jsonl"), "--semantic", "clip", "--clip-model", models["clip"]))  # fmt: skip
-    stage("pairs", lambda: _spr("pairs", "--regions", run.path("regions.jsonl"), "--candidates", run.path("candidates.jsonl"),
-                                "--scores", run.path("scores.jsonl"), "--out", run.path("pairs.jsonl")), run.path("dpo.jsonl"))  # fmt: skip
-    stage("train", lambda: _spr("train", "--model", models["base"], "--data", run.path("dpo.jsonl"), "--out", run.path("dpo"),
-                                "--beta", c.beta, "--learning-rate", c.learning_rate, "--num-train-epochs", c.epochs,
-                                "--lora-r", c.lora_r, "--seed", c.seed, "--per-device-train-batch-size", 4))  # fmt: skip
+    for name, fn, output in round_stages(c, c.seed, world, run.dir, models):
+        stage(name, fn, output)
+    stage("train", lambda: train_command(c, models["base"], run.path("dpo.jsonl"), run.path("dpo"), c.seed))
     stage(
         "merge",
         lambda: _spr(
@@ -207,22 +253,11 @@ def run_demo(
     )
 
     def evaluate() -> None:
-        rec_data = test_expressions(
-            world / "test" / "rec.jsonl", trained_kinds(models["base"]), run.path("test_rec.jsonl")
-        )
+        rec_data, regions = test_data(c, world, models["base"], run.dir)
         for name, model in (("base", models["base"]), ("spr", run.path("spr_model"))):
-            _spr("eval", "rec", "--model", model, "--data", rec_data,
-                 "--out", run.path("eval", name, "rec"), "--limit", c.rec_limit, "--batch-size", 16)  # fmt: skip
-            _spr("eval", "description", "--model", model, "--data", run.path("test_regions.jsonl"),
-                 "--out", run.path("eval", name, "description"), "--limit", c.description_limit,
-                 "--max-new-tokens", c.max_new_tokens)  # fmt: skip
+            evaluate_command(c, model, rec_data, regions, run.path("eval", name))
 
-    def test_regions() -> None:
-        _spr("regions", "--annotations", world / "test" / "annotations.json", "--images", world / "test" / "images",
-             "--out", run.path("test_regions.jsonl"), "--seed", c.seed)  # fmt: skip
-        evaluate()
-
-    stage("eval", test_regions)
+    stage("eval", evaluate)
     stage("report", lambda: write_results(run, models["base"], log))
     results = json.loads(run.path("results.json").read_text())
     log(
@@ -240,17 +275,16 @@ def trained_kinds(base: Path) -> list[str]:
 
 
 def test_expressions(rec_jsonl: Path, kinds: list[str], out: Path) -> Path:
-    """The test split's referring expressions of the given kinds (all when empty), with absolute image paths.
-    A base trained on label expressions only is tested on those: relations would test what it never learned."""
-    if not kinds:
-        return rec_jsonl
+    """The test split's referring expressions of the given kinds (all when empty), with absolute image paths,
+    written to ``out``. A base trained on label expressions only is tested on those: relations would test what
+    it never learned."""
     rows = []
     for line in rec_jsonl.read_text().splitlines():
         row = json.loads(line)
-        if row.get("kind") in kinds:
+        if not kinds or row.get("kind") in kinds:
             row["image"] = str((rec_jsonl.parent / row["image"]).resolve())
             rows.append(json.dumps(row))
-    out.write_text("\n".join(rows) + "\n")
+    out.write_text("".join(r + "\n" for r in rows))
     return out
 
 
@@ -263,17 +297,21 @@ def _metrics(path: Path) -> dict:
     return json.loads((path / "metrics.json").read_text())
 
 
+def model_metrics(eval_dir: Path) -> dict:
+    """The REC and description metrics that ``evaluate_command`` wrote into ``eval_dir``, in one flat dict."""
+    rec = _metrics(eval_dir / "rec")
+    desc = _metrics(eval_dir / "description")
+    out = {k: rec[k] for k in REC_KEYS}
+    out["rec_parse_fail"] = rec.get("parse_fail")
+    out["rec_n"] = rec.get("n")
+    for k in ("f1@0.5", "f1@0.75", "precision@0.5", "recall@0.5", "semantic"):
+        if k in desc:
+            out[f"description_{k}"] = desc[k]
+    return out
+
+
 def collect_results(run: DemoRun, base: Path) -> dict:
-    results: dict = {}
-    for name in ("base", "spr"):
-        rec = _metrics(run.path("eval", name, "rec"))
-        desc = _metrics(run.path("eval", name, "description"))
-        results[name] = {k: rec[k] for k in REC_KEYS}
-        results[name]["rec_parse_fail"] = rec.get("parse_fail")
-        results[name]["rec_n"] = rec.get("n")
-        for k in ("f1@0.5", "f1@0.75", "precision@0.5", "recall@0.5", "semantic"):
-            if k in desc:
-                results[name][f"description_{k}"] = desc[k]
+    results: dict = {name: model_metrics(run.path("eval", name)) for name in ("base", "spr")}
     results["rec_expression_kinds"] = trained_kinds(base) or "all"
     summary = run.path("pairs.summary.json")
     results["pairs"] = json.loads(summary.read_text()) if summary.exists() else {}

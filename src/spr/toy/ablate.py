@@ -1,0 +1,414 @@
+"""`spr toy ablate`: SPR's effect in the shapes world over seeds, with the paper's ablations at equal budget.
+
+Every seed is one SPR round of its own (its own training scenes, regions, samples and training order). One
+generation and one scoring pass per seed feed five arms, and every arm trains the same LoRA from the same base for
+the same number of optimizer steps (those of the ``spr`` arm: its pairs x epochs / batch size):
+
+==============  ==================================================================================================
+``spr``         DPO on best-refined against worst-original, total = 0.8 semantic + 0.2 localization (the paper's)
+``lambda0``     the same with total = localization only
+``lambda1``     the same with total = semantic only
+``sft_chosen``  supervised fine-tuning on the chosen answers of the ``spr`` pairs (TRL's ``sft`` loss): does the
+                rejected side matter?
+``continued``   supervised fine-tuning on ground-truth answers for fresh scenes in the base recipe's own task mix
+                (referring expressions and region descriptions): is a gain more than training longer?
+==============  ==================================================================================================
+
+All models are evaluated greedily on one fixed set of held-out test scenes (the world seed ``--seed``'s test
+split, never used for training or selection): REC acc@0.5 ... acc@0.9 and mean IoU, grounded-description F1.
+``results.md`` shows each arm's change against the base as mean ± sample standard deviation over the seeds, and
+per seed what the round had to learn from (sample spread, margins, agreement of the scores with IoU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .demo import (
+    REC_KEYS,
+    DemoConfig,
+    DemoRun,
+    _spr,
+    base_model_dir,
+    clip_model_dir,
+    evaluate_command,
+    model_metrics,
+    pairs_command,
+    round_stages,
+    test_data,
+    train_command,
+    world_command,
+)
+
+ARMS = ("spr", "lambda0", "lambda1", "sft_chosen", "continued")
+ARM_TITLES = {
+    "spr": "SPR (λ 0.8)",
+    "lambda0": "λ 0 (loc. only)",
+    "lambda1": "λ 1 (sem. only)",
+    "sft_chosen": "SFT on chosen",
+    "continued": "continued SFT",
+}
+LAMBDAS = {"spr": 0.8, "lambda0": 0.0, "lambda1": 1.0}
+METRICS = (*REC_KEYS, "description_f1@0.5", "description_f1@0.75")
+
+
+@dataclass
+class AblateConfig(DemoConfig):
+    """The demo's settings (``seed`` is the world seed of the test scenes) plus the seeds and arms to run."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the SPR rounds: training scenes, regions, sampling and training order."""
+    arms: tuple[str, ...] = ARMS
+
+    def __post_init__(self):
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise UserError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+        if not self.seeds:
+            raise UserError("give at least one seed")
+
+
+class AblateRun(DemoRun):
+    STATE = "ablate.json"
+    KIND = "ablation"
+
+
+# ------------------------------------------------------------------------------------------------- arm data
+
+
+def reweighted_scores(scores_path: Path, out: Path, lam: float) -> None:
+    """The scores again with total = lam * semantic + (1 - lam) * localization (no model is run again)."""
+    from ..data.jsonl import read_records, write_jsonl
+    from ..data.records import Score
+    from ..scoring.combine import total_score
+
+    scores = read_records(scores_path, Score)
+    write_jsonl(out, (replace(s, total=total_score(s.semantic, s.localization, lam)) for s in scores))
+
+
+def sft_row(row_id: str, image: str, prompt: str, answer: str, crop_box=None) -> dict:
+    """A row of the DPO dataset layout whose ``chosen`` is the answer to learn (``rejected`` repeats it: the
+    ``sft`` loss reads only the chosen side)."""
+    answer_turn = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return {
+        "id": row_id,
+        "images": [image],
+        "crop_box": crop_box,
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+        "chosen": answer_turn,
+        "rejected": answer_turn,
+    }
+
+
+def continued_sft_data(base: Path, world_config, seed: int, n: int, prompts: str, d: Path) -> Path:
+    """``n`` ground-truth examples on fresh scenes (seeds ``"<seed>:continued:<i>"``, disjoint from the world's
+    splits and the base's own training scenes), drawn as the base recipe draws them: referring expressions of the
+    recipe's kinds with its share, else grounded region descriptions under the round's prompts."""
+    from .. import models
+    from ..data.jsonl import write_jsonl
+    from ..prompts import select_templates
+    from .base_recipe import description_example, rec_example
+    from .world import WorldConfig, make_scene
+
+    recipe_path = base / "recipe.json"
+    recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}
+    world_config = WorldConfig.from_dict(recipe["world"]) if "world" in recipe else world_config
+    kinds = tuple(recipe.get("expression_kinds") or ())
+    rec_fraction = float(recipe.get("rec_fraction", 0.6))
+    adapter = models.load(base)
+    templates = select_templates(prompts)
+    rng = random.Random(f"{seed}:continued")
+    images = d / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows, i = [], 0
+    while len(rows) < n:
+        scene = make_scene(world_config, f"{seed}:continued:{i}")
+        i += 1
+        if rng.random() < rec_fraction:
+            ex = rec_example(scene, rng, adapter, kinds)
+        else:
+            ex = description_example(scene, rng, adapter, templates)
+        if ex is None:
+            continue
+        path = images / f"{len(rows):05d}.png"
+        ex.image.save(path)
+        rows.append(sft_row(f"continued/{len(rows)}", str(path), ex.prompt, ex.answer))
+    out = d / "sft.jsonl"
+    write_jsonl(out, rows)
+    return out
+
+
+def sft_on_chosen_data(dpo_jsonl: Path, out: Path) -> Path:
+    from ..data.jsonl import iter_jsonl, write_jsonl
+
+    write_jsonl(out, ({**row, "rejected": row["chosen"]} for row in iter_jsonl(dpo_jsonl)))
+    return out
+
+
+def equal_budget_steps(c: AblateConfig, n_pairs: int) -> int:
+    return max(1, math.ceil(n_pairs / c.batch_size) * c.epochs)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def run_ablation(
+    out: str | Path, config: AblateConfig, overwrite=False, base_model=None, clip_model=None, log=print
+) -> dict:
+    run = AblateRun(out, config, overwrite)
+    c = config
+    t_all = time.time()
+    models = {"base": base_model_dir(log, base_model, c.preset), "clip": clip_model_dir(log, clip_model)}
+    log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
+    n_jobs = 4 + len(c.seeds) * (5 + 4 * len(c.arms))
+    progress = {"i": 0}
+
+    def stage(name: str, fn, output: Path | None = None) -> None:
+        progress["i"] += 1
+        run.stage(name, fn, output, f"[{progress['i']}/{n_jobs}] ", log)
+
+    test_world = run.path("test_world")
+    stage("test world", lambda: world_command(test_world, c.seed, c, 0, 0, c.test_scenes))
+    rec_data, regions = run.path("test_rec.jsonl"), run.path("test_regions.jsonl")
+    stage("test data", lambda: test_data(c, test_world, models["base"], run.dir), rec_data)
+    stage("base eval", lambda: evaluate_command(c, models["base"], rec_data, regions, run.path("eval")))
+
+    for seed in c.seeds:
+        seed_round(run, seed, models, stage, rec_data, regions)
+    stage("results", lambda: write_results(run, log))
+    log(f"\nablation finished in {time.time() - t_all:.0f} s: {run.path('results.md')}")
+    return json.loads(run.path("results.json").read_text())
+
+
+def seed_round(run: AblateRun, seed: int, models: dict, stage, rec_data: Path, regions: Path) -> None:
+    """One SPR round up to its pairs, then every arm: its training data, LoRA training + merge, evaluation."""
+    c: AblateConfig = run.config
+    d = run.path(f"seed-{seed}")
+    stage(f"seed {seed}: world", lambda: world_command(d / "world", seed, c, c.train_scenes, 0, 0))
+    for name, fn, output in round_stages(c, seed, d / "world", d, models):
+        stage(f"seed {seed}: {name}", fn, output)
+    n_pairs = _count_rows(d / "dpo.jsonl")
+    steps = equal_budget_steps(c, n_pairs)
+    for arm in c.arms:
+        arm_stages(c, arm, seed, d, models, steps, n_pairs, stage, rec_data, regions)
+
+
+def arm_stages(
+    c, arm: str, seed: int, d: Path, models: dict, steps: int, n_pairs: int, stage, rec_data, regions
+):
+    """The arm's training data, LoRA training for ``steps`` steps, merge, evaluation; in ``d/<arm>``."""
+    a, base = d / arm, models["base"]
+    loss = "sigmoid" if arm in LAMBDAS else "sft"
+    stage(f"seed {seed}: {arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
+    if not _count_rows(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
+        stage(f"seed {seed}: {arm} has no training rows", lambda: None)
+        return
+    stage(f"seed {seed}: {arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
+                                                             "--loss-type", loss, "--max-steps", steps))  # fmt: skip
+    stage(f"seed {seed}: {arm} merge", lambda: _spr("merge", "--adapter", a / "adapter", "--base", base, "--out", a / "model"))  # fmt: skip
+    stage(f"seed {seed}: {arm} eval", lambda: evaluate_command(c, a / "model", rec_data, regions, a / "eval"))
+
+
+def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int, n_pairs: int) -> None:
+    """The arm's training rows in ``a/dpo.jsonl`` (the DPO dataset layout, also for the SFT arms)."""
+    from .world import PRESETS
+
+    a.mkdir(parents=True, exist_ok=True)
+    if arm == "spr":
+        (a / "dpo.jsonl").write_bytes((d / "dpo.jsonl").read_bytes())
+    elif arm in LAMBDAS:
+        reweighted_scores(d / "scores.jsonl", a / "scores.jsonl", LAMBDAS[arm])
+        pairs_command(d, a / "scores.jsonl", a / "pairs.jsonl")
+    elif arm == "sft_chosen":
+        sft_on_chosen_data(d / "dpo.jsonl", a / "dpo.jsonl")
+    else:
+        continued_sft_data(base, PRESETS[c.preset], seed, n_pairs, c.prompts, a).replace(a / "dpo.jsonl")
+
+
+def _count_rows(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+# ------------------------------------------------------------------------------------------- diagnostics
+
+
+def round_diagnostics(d: Path) -> dict:
+    """What one round had to learn from: how much the samples of one prompt differ in localization, how often
+    the semantic score agrees with it, and what separates chosen from rejected."""
+    from scipy.stats import spearmanr
+
+    from ..data.jsonl import read_records
+    from ..data.records import Pair, Score
+
+    scores = {s.id: s for s in read_records(d / "scores.jsonl", Score)}
+    groups: dict[tuple, list[Score]] = defaultdict(list)
+    for s in scores.values():
+        if not s.refined:
+            region, prompt, _ = s.candidate_id.rsplit("/", 2)
+            groups[(region, prompt)].append(s)
+    spread, all_zero, rho, no_box = [], 0, [], 0
+    for group in groups.values():
+        loc = np.array([s.localization for s in group])
+        sem = np.array([s.semantic for s in group])
+        spread.append(loc.max() - loc.min())
+        all_zero += bool(loc.max() == 0)
+        no_box += sum(not s.groundings for s in group)
+        if loc.std() > 0 and sem.std() > 0:
+            rho.append(spearmanr(sem, loc).statistic)
+    pairs = read_records(d / "pairs.jsonl", Pair)
+    chosen = [scores[p.chosen_id] for p in pairs]
+    rejected = [scores[p.rejected_id] for p in pairs]
+    n_orig = sum(len(g) for g in groups.values())
+
+    def mean(values) -> float:
+        return float(np.mean(values)) if len(values) else float("nan")
+
+    train = json.loads((d / "spr" / "adapter" / "spr_train.json").read_text())
+    return {
+        "candidates": n_orig,
+        "no box": no_box / max(n_orig, 1),
+        "localization spread (best - worst)": mean(spread),
+        "prompts whose samples all score 0 loc.": all_zero / max(len(groups), 1),
+        "spearman(semantic, localization)": mean(rho),
+        "pairs": len(pairs),
+        "margin (total)": mean([p.chosen_score - p.rejected_score for p in pairs]),
+        "chosen - rejected localization": mean(
+            [c.localization - r.localization for c, r in zip(chosen, rejected)]
+        ),
+        "chosen - rejected semantic": mean([c.semantic - r.semantic for c, r in zip(chosen, rejected)]),
+        "DPO steps": train.get("global_step"),
+        "DPO final reward accuracy": train.get("rewards/accuracies"),
+        "DPO final reward margin": train.get("rewards/margins"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def collect_results(run: AblateRun) -> dict:
+    c: AblateConfig = run.config
+    base = model_metrics(run.path("eval"))
+    arms = {arm: {} for arm in c.arms}
+    for seed in c.seeds:
+        for arm in c.arms:
+            eval_dir = run.path(f"seed-{seed}", arm, "eval")
+            if (eval_dir / "description" / "metrics.json").exists():  # else the arm had no rows to train on
+                arms[arm][seed] = model_metrics(eval_dir)
+    summary = {}
+    for arm, per_seed in arms.items():
+        summary[arm] = {"seeds": len(per_seed)}
+        for k in METRICS:
+            if not per_seed or base.get(k) is None or any(m.get(k) is None for m in per_seed.values()):
+                continue
+            deltas = np.array([m[k] - base[k] for m in per_seed.values()])
+            summary[arm][k] = {
+                "mean": float(np.mean([m[k] for m in per_seed.values()])),
+                "delta_mean": float(deltas.mean()),
+                "delta_sd": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0,
+            }
+    diagnostics = {seed: round_diagnostics(run.path(f"seed-{seed}")) for seed in c.seeds if "spr" in c.arms}
+    return {
+        "base": base,
+        "arms": {arm: {str(s): m for s, m in per_seed.items()} for arm, per_seed in arms.items()},
+        "summary": summary,
+        "diagnostics": {str(s): v for s, v in diagnostics.items()},
+        "settings": json.loads(json.dumps(asdict(c))),
+    }
+
+
+def _signed(mean: float, sd: float) -> str:
+    return f"{mean:+.3f} ± {sd:.3f}"
+
+
+def results_markdown(results: dict) -> str:
+    from ..table import markdown_table
+
+    base, summary = results["base"], results["summary"]
+    arms = list(summary)
+    seeds = results["settings"]["seeds"]
+    n = base.get("rec_n") or 0
+    p = base.get("acc@0.5") or 0.0
+    se = math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+    def cell(arm: str, k: str) -> str:
+        m = summary[arm].get(k)
+        return _signed(m["delta_mean"], m["delta_sd"]) if m else "no rows to train on"
+
+    rows = [[k, f"{base[k]:.3f}", *(cell(a, k) for a in arms)] for k in METRICS if base.get(k) is not None]
+    rows.append(["seeds trained", "", *(summary[a]["seeds"] for a in arms)])
+    head = (
+        f"Change against the base on held-out test scenes ({n} referring expressions, "
+        f"{results['settings']['description_limit']} regions), mean ± sd over {len(seeds)} seed(s) "
+        f"{', '.join(map(str, seeds))}; every arm trains the same LoRA for the same steps. "
+        f"Sampling error of the base's acc@0.5 alone: ± {se:.3f}.\n\n"
+    )
+    table = markdown_table(["metric", "base", *(ARM_TITLES[a] for a in arms)], rows)
+    diag = results["diagnostics"]
+    if diag:
+        keys = list(next(iter(diag.values())))
+        drows = [[k, *(diag[s][k] for s in diag)] for k in keys]
+        table += "\n\nWhat each round had to learn from (the spr arm's pairs):\n\n"
+        table += markdown_table(["seed", *diag], drows)
+    return head + table + "\n"
+
+
+def write_results(run: AblateRun, log=print) -> None:
+    results = collect_results(run)
+    run.path("results.json").write_text(json.dumps(results, indent=1))
+    table = results_markdown(results)
+    run.path("results.md").write_text(table)
+    log("\n" + table)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+HELP = (
+    "Measure SPR against the base over seeds, with the ablations (DPO vs SFT on chosen, lambda 0 / 0.8 / 1, "
+    "continued SFT) at equal budget, in the shapes world; writes one table."
+)
+
+
+def add_arguments(p) -> None:
+    d = AblateConfig()
+    p.add_argument(
+        "--out", default="runs/ablate", help="run directory (re-running with the same settings resumes)"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds of the SPR rounds")
+    p.add_argument("--arms", nargs="+", default=list(d.arms), choices=ARMS, help="arms to train and evaluate")
+    p.add_argument(
+        "--train-scenes", type=int, default=d.train_scenes, help="scenes per round (one region each)"
+    )
+    p.add_argument("--test-scenes", type=int, default=d.test_scenes, help="held-out evaluation scenes")
+    p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="learning rate of every arm")
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help="epochs over the spr arm's pairs (sets the budget)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
+    p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
+    p.add_argument(
+        "--clip-model", help="CLIP directory for the semantic score (default: the shipped tiny CLIP)"
+    )
+
+
+def run(args) -> int:
+    config = AblateConfig(
+        seeds=tuple(args.seeds),
+        arms=tuple(args.arms),
+        train_scenes=args.train_scenes,
+        test_scenes=args.test_scenes,
+        samples=args.samples,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+    )
+    run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model)
+    return 0
