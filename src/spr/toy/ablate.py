@@ -5,8 +5,10 @@ generation and one scoring pass per seed feed five arms, and every arm trains th
 the same number of optimizer steps (those of the ``spr`` arm: its pairs x epochs / batch size):
 
 ==============  ==================================================================================================
-``spr``         DPO on best-refined against worst-original, total = 0.8 semantic + 0.2 localization (the paper's)
-``lambda0``     the same with total = localization only
+``spr``         preference training on best-refined against worst-original, total = 0.8 semantic + 0.2
+                localization (the paper's), with the demo's loss (DPO + an SFT term on the chosen answer)
+``dpo``         the same pairs with pure DPO
+``lambda0``     the ``spr`` arm with total = localization only
 ``lambda1``     the same with total = semantic only
 ``sft_chosen``  supervised fine-tuning on the chosen answers of the ``spr`` pairs (TRL's ``sft`` loss): does the
                 rejected side matter?
@@ -49,15 +51,16 @@ from .demo import (
     world_command,
 )
 
-ARMS = ("spr", "lambda0", "lambda1", "sft_chosen", "continued")
+ARMS = ("spr", "dpo", "lambda0", "lambda1", "sft_chosen", "continued")
 ARM_TITLES = {
     "spr": "SPR (λ 0.8)",
+    "dpo": "pure DPO",
     "lambda0": "λ 0 (loc. only)",
     "lambda1": "λ 1 (sem. only)",
     "sft_chosen": "SFT on chosen",
     "continued": "continued SFT",
 }
-LAMBDAS = {"spr": 0.8, "lambda0": 0.0, "lambda1": 1.0}
+LAMBDAS = {"spr": 0.8, "dpo": 0.8, "lambda0": 0.0, "lambda1": 1.0}
 METRICS = (*REC_KEYS, "description_f1@0.5", "description_f1@0.75")
 
 
@@ -207,13 +210,13 @@ def arm_stages(
 ):
     """The arm's training data, LoRA training for ``steps`` steps, merge, evaluation; in ``d/<arm>``."""
     a, base = d / arm, models["base"]
-    loss = "sigmoid" if arm in LAMBDAS else "sft"
+    loss = {"dpo": ("sigmoid",), "sft_chosen": ("sft",), "continued": ("sft",)}.get(arm, c.loss_type)
     stage(f"seed {seed}: {arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
     if not _count_rows(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
         stage(f"seed {seed}: {arm} has no training rows", lambda: None)
         return
     stage(f"seed {seed}: {arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
-                                                             "--loss-type", loss, "--max-steps", steps))  # fmt: skip
+                                                             loss, "--max-steps", steps))  # fmt: skip
     stage(f"seed {seed}: {arm} merge", lambda: _spr("merge", "--adapter", a / "adapter", "--base", base, "--out", a / "model"))  # fmt: skip
     stage(f"seed {seed}: {arm} eval", lambda: evaluate_command(c, a / "model", rec_data, regions, a / "eval"))
 
@@ -223,7 +226,7 @@ def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int,
     from .world import PRESETS
 
     a.mkdir(parents=True, exist_ok=True)
-    if arm == "spr":
+    if LAMBDAS.get(arm) == 0.8:
         (a / "dpo.jsonl").write_bytes((d / "dpo.jsonl").read_bytes())
     elif arm in LAMBDAS:
         reweighted_scores(d / "scores.jsonl", a / "scores.jsonl", LAMBDAS[arm])
@@ -272,10 +275,9 @@ def round_diagnostics(d: Path) -> dict:
     def mean(values) -> float:
         return float(np.mean(values)) if len(values) else float("nan")
 
-    train = json.loads((d / "spr" / "adapter" / "spr_train.json").read_text())
-    return {
+    out = {
         "candidates": n_orig,
-        "no box": no_box / max(n_orig, 1),
+        "share without a box": no_box / max(n_orig, 1),
         "localization spread (best - worst)": mean(spread),
         "prompts whose samples all score 0 loc.": all_zero / max(len(groups), 1),
         "spearman(semantic, localization)": mean(rho),
@@ -285,10 +287,18 @@ def round_diagnostics(d: Path) -> dict:
             [c.localization - r.localization for c, r in zip(chosen, rejected)]
         ),
         "chosen - rejected semantic": mean([c.semantic - r.semantic for c, r in zip(chosen, rejected)]),
-        "DPO steps": train.get("global_step"),
-        "DPO final reward accuracy": train.get("rewards/accuracies"),
-        "DPO final reward margin": train.get("rewards/margins"),
     }
+    for arm in ("spr", "dpo"):  # how far training moved the policy from the base on its own pairs
+        path = d / arm / "adapter" / "spr_train.json"
+        if path.exists():
+            train = json.loads(path.read_text())
+            beta = train["config"]["beta"]
+            out[f"{arm}: steps"] = train.get("global_step")
+            out[f"{arm}: final reward accuracy"] = train.get("rewards/accuracies")
+            out[f"{arm}: final reward margin"] = train.get("rewards/margins")
+            if train.get("rewards/chosen") is not None:
+                out[f"{arm}: chosen log-prob change (nats)"] = train["rewards/chosen"] / beta
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -315,7 +325,7 @@ def collect_results(run: AblateRun) -> dict:
                 "delta_mean": float(deltas.mean()),
                 "delta_sd": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0,
             }
-    diagnostics = {seed: round_diagnostics(run.path(f"seed-{seed}")) for seed in c.seeds if "spr" in c.arms}
+    diagnostics = {seed: round_diagnostics(run.path(f"seed-{seed}")) for seed in c.seeds}
     return {
         "base": base,
         "arms": {arm: {str(s): m for s, m in per_seed.items()} for arm, per_seed in arms.items()},
@@ -356,7 +366,7 @@ def results_markdown(results: dict) -> str:
     if diag:
         keys = list(next(iter(diag.values())))
         drows = [[k, *(diag[s][k] for s in diag)] for k in keys]
-        table += "\n\nWhat each round had to learn from (the spr arm's pairs):\n\n"
+        table += "\n\nWhat each round had to learn from (the λ 0.8 pairs), and how far training moved the model:\n\n"
         table += markdown_table(["seed", *diag], drows)
     return head + table + "\n"
 
