@@ -40,14 +40,17 @@ def test_ablation_trains_every_arm_at_equal_budget_and_tabulates_deltas(tmp_path
     )  # fmt: skip
     out = tmp_path / "ablate"
     base = tiny_model_dir("qwen2_vl")
-    results = run_ablation(out, config, base_model=base, clip_model=clip, log=lambda m: None)
+    # two seeds in two worker processes at once, then a re-run in this process resumes what they wrote
+    results = run_ablation(out, config, base_model=base, clip_model=clip, jobs=2, log=lambda m: None)
 
     for seed in (0, 1):
         d = out / f"seed-{seed}"
         n_pairs = sum(1 for _ in open(d / "dpo.jsonl"))
         trained = [a for a in ARMS if (d / a / "adapter" / "spr_train.json").exists()]
         assert {"spr", "sft_chosen", "continued"} <= set(trained)  # lambda 0 / 1 may find no pair here
-        steps = {json.loads((d / a / "adapter" / "spr_train.json").read_text())["global_step"] for a in trained}
+        steps = {
+            json.loads((d / a / "adapter" / "spr_train.json").read_text())["global_step"] for a in trained
+        }
         assert steps == {-(-n_pairs // config.batch_size)}  # every arm: the spr arm's optimizer steps
         chosen = [json.loads(line) for line in open(d / "sft_chosen" / "dpo.jsonl")]
         assert chosen and all(r["rejected"] == r["chosen"] for r in chosen)
@@ -73,7 +76,10 @@ def test_ablation_trains_every_arm_at_equal_budget_and_tabulates_deltas(tmp_path
 
     lines = []
     run_ablation(out, config, base_model=base, clip_model=clip, log=lines.append)
-    assert not any(line.startswith("\n[") for line in lines)  # a re-run redoes nothing
+    redone = [line for line in lines if line.startswith("\n") and "ablation finished" not in line]
+    assert not redone  # a re-run redoes nothing
+    for seed in (0, 1):
+        assert any(line.startswith(f"seed {seed} [") and "done earlier" in line for line in lines)
 
 
 def test_results_table_shows_mean_and_spread_of_the_change():

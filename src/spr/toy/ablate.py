@@ -165,40 +165,66 @@ def equal_budget_steps(c: AblateConfig, n_pairs: int) -> int:
 
 
 def run_ablation(
-    out: str | Path, config: AblateConfig, overwrite=False, base_model=None, clip_model=None, log=print
+    out: str | Path,
+    config: AblateConfig,
+    overwrite=False,
+    base_model=None,
+    clip_model=None,
+    jobs: int = 1,
+    log=print,
 ) -> dict:
+    """Run (or resume) the ablation in ``out``; ``jobs`` > 1 runs that many seeds at once in worker processes
+    (each seed keeps its own progress in seed-<n>/round.json, so they never write the same file)."""
     run = AblateRun(out, config, overwrite)
     c = config
     t_all = time.time()
     models = {"base": base_model_dir(log, base_model, c.preset), "clip": clip_model_dir(log, clip_model)}
     log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
-    n_jobs = 4 + len(c.seeds) * (5 + 4 * len(c.arms))
-    progress = {"i": 0}
-
-    def stage(name: str, fn, output: Path | None = None) -> None:
-        progress["i"] += 1
-        run.stage(name, fn, output, f"[{progress['i']}/{n_jobs}] ", log)
 
     test_world = run.path("test_world")
-    stage("test world", lambda: world_command(test_world, c.seed, c, 0, 0, c.test_scenes))
+    run.stage("test world", lambda: world_command(test_world, c.seed, c, 0, 0, c.test_scenes), log=log)
     rec_data, regions = run.path("test_rec.jsonl"), run.path("test_regions.jsonl")
-    stage("test data", lambda: test_data(c, test_world, models["base"], run.dir), rec_data)
-    stage("base eval", lambda: evaluate_command(c, models["base"], rec_data, regions, run.path("eval")))
+    run.stage("test data", lambda: test_data(c, test_world, models["base"], run.dir), rec_data, log=log)
+    run.stage("base eval", lambda: evaluate_command(c, models["base"], rec_data, regions, run.path("eval")), log=log)  # fmt: skip
 
-    for seed in c.seeds:
-        seed_round(run, seed, models, stage, rec_data, regions)
-    stage("results", lambda: write_results(run, log))
+    rounds = [(run.dir, c, seed, models, rec_data, regions) for seed in c.seeds]
+    if jobs > 1 and len(rounds) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker (forking a process that holds torch state is not safe)
+        with ProcessPoolExecutor(
+            min(jobs, len(rounds)), mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            for done in [pool.submit(seed_round, *r) for r in rounds]:
+                done.result()
+    else:
+        for r in rounds:
+            seed_round(*r, log=log)
+    run.stage("results", lambda: write_results(run, log), log=log)
     log(f"\nablation finished in {time.time() - t_all:.0f} s: {run.path('results.md')}")
     return json.loads(run.path("results.json").read_text())
 
 
-def seed_round(run: AblateRun, seed: int, models: dict, stage, rec_data: Path, regions: Path) -> None:
+class RoundRun(DemoRun):
+    STATE = "round.json"
+    KIND = "ablation round"
+
+
+def seed_round(out: Path, c: AblateConfig, seed: int, models: dict, rec_data: Path, regions: Path, log=print):
     """One SPR round up to its pairs, then every arm: its training data, LoRA training + merge, evaluation."""
-    c: AblateConfig = run.config
-    d = run.path(f"seed-{seed}")
-    stage(f"seed {seed}: world", lambda: world_command(d / "world", seed, c, c.train_scenes, 0, 0))
+    rnd = RoundRun(out / f"seed-{seed}", c)
+    d = rnd.dir
+    n_stages = 5 + 4 * len(c.arms)
+    progress = {"i": 0}
+
+    def stage(name: str, fn, output: Path | None = None) -> None:
+        progress["i"] += 1
+        rnd.stage(name, fn, output, f"seed {seed} [{progress['i']}/{n_stages}] ", log)
+
+    stage("world", lambda: world_command(d / "world", seed, c, c.train_scenes, 0, 0))
     for name, fn, output in round_stages(c, seed, d / "world", d, models):
-        stage(f"seed {seed}: {name}", fn, output)
+        stage(name, fn, output)
     n_pairs = _count_rows(d / "dpo.jsonl")
     steps = equal_budget_steps(c, n_pairs)
     for arm in c.arms:
@@ -211,14 +237,14 @@ def arm_stages(
     """The arm's training data, LoRA training for ``steps`` steps, merge, evaluation; in ``d/<arm>``."""
     a, base = d / arm, models["base"]
     loss = {"dpo": ("sigmoid",), "sft_chosen": ("sft",), "continued": ("sft",)}.get(arm, c.loss_type)
-    stage(f"seed {seed}: {arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
+    stage(f"{arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
     if not _count_rows(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
-        stage(f"seed {seed}: {arm} has no training rows", lambda: None)
+        stage(f"{arm} has no training rows", lambda: None)
         return
-    stage(f"seed {seed}: {arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
+    stage(f"{arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
                                                              loss, "--max-steps", steps))  # fmt: skip
-    stage(f"seed {seed}: {arm} merge", lambda: _spr("merge", "--adapter", a / "adapter", "--base", base, "--out", a / "model"))  # fmt: skip
-    stage(f"seed {seed}: {arm} eval", lambda: evaluate_command(c, a / "model", rec_data, regions, a / "eval"))
+    stage(f"{arm} merge", lambda: _spr("merge", "--adapter", a / "adapter", "--base", base, "--out", a / "model"))  # fmt: skip
+    stage(f"{arm} eval", lambda: evaluate_command(c, a / "model", rec_data, regions, a / "eval"))
 
 
 def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int, n_pairs: int) -> None:
@@ -403,6 +429,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--epochs", type=int, default=d.epochs, help="epochs over the spr arm's pairs (sets the budget)"
     )
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
     p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
     p.add_argument(
@@ -420,5 +447,5 @@ def run(args) -> int:
         learning_rate=args.learning_rate,
         epochs=args.epochs,
     )
-    run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model)
+    run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model, args.jobs)
     return 0
