@@ -40,8 +40,10 @@ from .demo import (
     DemoConfig,
     DemoRun,
     _spr,
+    add_common_arguments,
     base_model_dir,
     clip_model_dir,
+    common_settings,
     evaluate_command,
     model_metrics,
     pairs_command,
@@ -421,31 +423,15 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds of the SPR rounds")
     p.add_argument("--arms", nargs="+", default=list(d.arms), choices=ARMS, help="arms to train and evaluate")
     p.add_argument(
-        "--train-scenes", type=int, default=d.train_scenes, help="scenes per round (one region each)"
-    )
-    p.add_argument("--test-scenes", type=int, default=d.test_scenes, help="held-out evaluation scenes")
-    p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="learning rate of every arm")
-    p.add_argument(
         "--epochs", type=int, default=d.epochs, help="epochs over the spr arm's pairs (sets the budget)"
     )
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
-    p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
-    p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
-    p.add_argument(
-        "--clip-model", help="CLIP directory for the semantic score (default: the shipped tiny CLIP)"
-    )
+    add_common_arguments(p, d)
 
 
 def run(args) -> int:
     config = AblateConfig(
-        seeds=tuple(args.seeds),
-        arms=tuple(args.arms),
-        train_scenes=args.train_scenes,
-        test_scenes=args.test_scenes,
-        samples=args.samples,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs,
+        seeds=tuple(args.seeds), arms=tuple(args.arms), epochs=args.epochs, **common_settings(args)
     )
     run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model, args.jobs)
     return 0

@@ -356,19 +356,14 @@ def write_results(run: DemoRun, base: Path, log=print) -> None:
 HELP = "Run the whole SPR method offline in the synthetic shapes world and show what it changed."
 
 
-def add_arguments(p) -> None:
-    d = DemoConfig()
-    p.add_argument(
-        "--out", default="runs/demo", help="run directory (re-running with the same settings resumes)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the world and of the SPR round")
+def add_common_arguments(p, d: DemoConfig) -> None:
+    """The options `spr demo` and `spr toy ablate` share; ``common_settings`` reads them back."""
     p.add_argument(
         "--train-scenes", type=int, default=d.train_scenes, help="scenes the SPR regions come from"
     )
     p.add_argument("--test-scenes", type=int, default=d.test_scenes, help="held-out evaluation scenes")
     p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="DPO learning rate")
-    p.add_argument("--rec-limit", type=int, default=d.rec_limit, help="test referring expressions per model")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="LoRA learning rate")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
     p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
     p.add_argument(
@@ -376,15 +371,23 @@ def add_arguments(p) -> None:
     )
 
 
-def run(args) -> int:
-    config = DemoConfig(
-        seed=args.seed,
-        train_scenes=args.train_scenes,
-        test_scenes=args.test_scenes,
-        samples=args.samples,
-        learning_rate=args.learning_rate,
-        rec_limit=args.rec_limit,
+def common_settings(args) -> dict:
+    keys = ("train_scenes", "test_scenes", "samples", "learning_rate")
+    return {k: getattr(args, k) for k in keys}
+
+
+def add_arguments(p) -> None:
+    d = DemoConfig()
+    p.add_argument(
+        "--out", default="runs/demo", help="run directory (re-running with the same settings resumes)"
     )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the world and of the SPR round")
+    p.add_argument("--rec-limit", type=int, default=d.rec_limit, help="test referring expressions per model")
+    add_common_arguments(p, d)
+
+
+def run(args) -> int:
+    config = DemoConfig(seed=args.seed, rec_limit=args.rec_limit, **common_settings(args))
     run_demo(
         args.out, config, overwrite=args.overwrite, base_model=args.base_model, clip_model=args.clip_model
     )
