@@ -315,6 +315,9 @@ def round_diagnostics(d: Path) -> dict:
             [c.localization - r.localization for c, r in zip(chosen, rejected)]
         ),
         "chosen - rejected semantic": mean([c.semantic - r.semantic for c, r in zip(chosen, rejected)]),
+        # DPO lowers the rejected answer as a whole: the objects it got right are pushed down with the rest
+        "objects found by chosen (recall@0.5)": mean([c.recall for c in chosen]),
+        "objects found by rejected (recall@0.5)": mean([r.recall for r in rejected]),
     }
     for arm in ("spr", "dpo"):  # how far training moved the policy from the base on its own pairs
         path = d / arm / "adapter" / "spr_train.json"

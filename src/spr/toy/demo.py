@@ -363,6 +363,7 @@ def add_common_arguments(p, d: DemoConfig) -> None:
     )
     p.add_argument("--test-scenes", type=int, default=d.test_scenes, help="held-out evaluation scenes")
     p.add_argument("--samples", type=int, default=d.samples, help="candidates per region and prompt")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="LoRA learning rate")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start afresh")
     p.add_argument("--base-model", help="base model directory (default: the shipped shapes-world base)")
@@ -372,7 +373,7 @@ def add_common_arguments(p, d: DemoConfig) -> None:
 
 
 def common_settings(args) -> dict:
-    keys = ("train_scenes", "test_scenes", "samples", "learning_rate")
+    keys = ("train_scenes", "test_scenes", "samples", "temperature", "learning_rate")
     return {k: getattr(args, k) for k in keys}
 
 
