@@ -100,14 +100,14 @@ def reweighted_scores(scores_path: Path, out: Path, lam: float) -> None:
     write_jsonl(out, (replace(s, total=total_score(s.semantic, s.localization, lam)) for s in scores))
 
 
-def sft_row(row_id: str, image: str, prompt: str, answer: str, crop_box=None) -> dict:
+def sft_row(row_id: str, image: str, prompt: str, answer: str) -> dict:
     """A row of the DPO dataset layout whose ``chosen`` is the answer to learn (``rejected`` repeats it: the
     ``sft`` loss reads only the chosen side)."""
     answer_turn = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     return {
         "id": row_id,
         "images": [image],
-        "crop_box": crop_box,
+        "crop_box": None,
         "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
         "chosen": answer_turn,
         "rejected": answer_turn,
@@ -115,20 +115,20 @@ def sft_row(row_id: str, image: str, prompt: str, answer: str, crop_box=None) ->
 
 
 def continued_sft_data(base: Path, world_config, seed: int, n: int, prompts: str, d: Path) -> Path:
-    """``n`` ground-truth examples on fresh scenes (seeds ``"<seed>:continued:<i>"``, disjoint from the world's
+    """``d/dpo.jsonl``: ``n`` ground-truth examples on fresh scenes (seeds ``"<seed>:continued:<i>"``, disjoint from the world's
     splits and the base's own training scenes), drawn as the base recipe draws them: referring expressions of the
     recipe's kinds with its share, else grounded region descriptions under the round's prompts."""
     from .. import models
     from ..data.jsonl import write_jsonl
     from ..prompts import select_templates
-    from .base_recipe import description_example, rec_example
+    from .base_recipe import BaseRecipeConfig, description_example, rec_example
     from .world import WorldConfig, make_scene
 
     recipe_path = base / "recipe.json"
     recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}
     world_config = WorldConfig.from_dict(recipe["world"]) if "world" in recipe else world_config
     kinds = tuple(recipe.get("expression_kinds") or ())
-    rec_fraction = float(recipe.get("rec_fraction", 0.6))
+    rec_fraction = float(recipe.get("rec_fraction", BaseRecipeConfig.rec_fraction))
     adapter = models.load(base)
     templates = select_templates(prompts)
     rng = random.Random(f"{seed}:continued")
@@ -147,7 +147,7 @@ def continued_sft_data(base: Path, world_config, seed: int, n: int, prompts: str
         path = images / f"{len(rows):05d}.png"
         ex.image.save(path)
         rows.append(sft_row(f"continued/{len(rows)}", str(path), ex.prompt, ex.answer))
-    out = d / "sft.jsonl"
+    out = d / "dpo.jsonl"
     write_jsonl(out, rows)
     return out
 
@@ -262,7 +262,7 @@ def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int,
     elif arm == "sft_chosen":
         sft_on_chosen_data(d / "dpo.jsonl", a / "dpo.jsonl")
     else:
-        continued_sft_data(base, PRESETS[c.preset], seed, n_pairs, c.prompts, a).replace(a / "dpo.jsonl")
+        continued_sft_data(base, PRESETS[c.preset], seed, n_pairs, c.prompts, a)
 
 
 def _count_rows(path: Path) -> int:
