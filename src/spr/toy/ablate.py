@@ -1,7 +1,7 @@
 """`spr toy ablate`: SPR's effect in the shapes world over seeds, with the paper's ablations at equal budget.
 
 Every seed is one SPR round of its own (its own training scenes, regions, samples and training order). One
-generation and one scoring pass per seed feed five arms, and every arm trains the same LoRA from the same base for
+generation and one scoring pass per seed feed six arms, and every arm trains the same LoRA from the same base for
 the same number of optimizer steps (those of the ``spr`` arm: its pairs x epochs / batch size):
 
 ==============  ==================================================================================================
@@ -16,8 +16,9 @@ the same number of optimizer steps (those of the ``spr`` arm: its pairs x epochs
                 (referring expressions and region descriptions): is a gain more than training longer?
 ==============  ==================================================================================================
 
-All models are evaluated greedily on one fixed set of held-out test scenes (the world seed ``--seed``'s test
-split, never used for training or selection): REC acc@0.5 ... acc@0.9 and mean IoU, grounded-description F1.
+All models are evaluated greedily on one fixed set of held-out test scenes (the test split of world seed
+``AblateConfig.seed``, 0 by default; never used for training or selection): REC acc@0.5 ... acc@0.9 and mean
+IoU, grounded-description F1.
 ``results.md`` shows each arm's change against the base as mean ± sample standard deviation over the seeds, and
 per seed what the round had to learn from (sample spread, margins, agreement of the scores with IoU).
 """
