@@ -24,9 +24,31 @@ def test_reweighted_scores_recombine_semantic_and_localization(tmp_path):
     assert [s.id for s in loc] == [s.id for s in scores]
 
 
-def test_unknown_arm_is_refused():
+def test_unknown_arm_or_split_is_refused():
     with pytest.raises(UserError, match="unknown arm"):
         AblateConfig(arms=("spr", "ppo"))
+    with pytest.raises(UserError, match="eval_split"):
+        AblateConfig(eval_split="train")
+
+
+@pytest.mark.slow
+def test_settings_can_be_chosen_on_validation_scenes_without_touching_the_test_split(
+    tmp_path, tiny_model_dir
+):
+    from spr.models.clip import build_tiny_clip
+
+    config = AblateConfig(
+        seeds=(0,), arms=("sft_chosen",), eval_split="val", train_scenes=3, test_scenes=2, samples=2,
+        prompts="crop", max_new_tokens=24, rec_limit=4, description_limit=2,
+    )  # fmt: skip
+    out = tmp_path / "ablate"
+    clip = build_tiny_clip(tmp_path / "clip")
+    run_ablation(out, config, base_model=tiny_model_dir("qwen2_vl"), clip_model=clip, log=lambda m: None)
+    assert not list((out / "val_world").glob("test/images/*"))  # no test scene was even drawn
+    assert list((out / "val_world").glob("val/images/*"))
+    images = {json.loads(line)["image"] for line in open(out / "val_regions.jsonl")}
+    assert images and all("/val/" in image for image in images)
+    assert "held-out val scenes" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

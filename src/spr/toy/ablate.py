@@ -74,8 +74,13 @@ class AblateConfig(DemoConfig):
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds of the SPR rounds: training scenes, regions, sampling and training order."""
     arms: tuple[str, ...] = ARMS
+    eval_split: str = "test"
+    """Split of world ``seed`` the models are evaluated on (``test_scenes`` scenes of it): ``test`` for the
+    result, ``val`` to choose settings without looking at the test scenes."""
 
     def __post_init__(self):
+        if self.eval_split not in ("val", "test"):
+            raise UserError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise UserError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
@@ -184,10 +189,14 @@ def run_ablation(
     models = {"base": base_model_dir(log, base_model, c.preset), "clip": clip_model_dir(log, clip_model)}
     log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
 
-    test_world = run.path("test_world")
-    run.stage("test world", lambda: world_command(test_world, c.seed, c, 0, 0, c.test_scenes), log=log)
-    rec_data, regions = run.path("test_rec.jsonl"), run.path("test_regions.jsonl")
-    run.stage("test data", lambda: test_data(c, test_world, models["base"], run.dir), rec_data, log=log)
+    split = c.eval_split
+    eval_world = run.path(f"{split}_world")
+    val, test = (c.test_scenes, 0) if split == "val" else (0, c.test_scenes)
+    run.stage(f"{split} world", lambda: world_command(eval_world, c.seed, c, 0, val, test), log=log)
+    rec_data, regions = run.path(f"{split}_rec.jsonl"), run.path(f"{split}_regions.jsonl")
+    run.stage(
+        f"{split} data", lambda: test_data(c, eval_world, models["base"], run.dir, split), rec_data, log=log
+    )
     run.stage("base eval", lambda: evaluate_command(c, models["base"], rec_data, regions, run.path("eval")), log=log)  # fmt: skip
 
     rounds = [(run.dir, c, seed, models, rec_data, regions) for seed in c.seeds]
@@ -388,7 +397,7 @@ def results_markdown(results: dict) -> str:
     rows = [[k, f"{base[k]:.3f}", *(cell(a, k) for a in arms)] for k in METRICS if base.get(k) is not None]
     rows.append(["seeds trained", "", *(summary[a]["seeds"] for a in arms)])
     head = (
-        f"Change against the base on held-out test scenes ({n} referring expressions, "
+        f"Change against the base on held-out {results['settings'].get('eval_split', 'test')} scenes ({n} referring expressions, "
         f"{results['settings']['description_limit']} regions), mean ± sd over {len(seeds)} seed(s) "
         f"{', '.join(map(str, seeds))}; every arm trains the same LoRA for the same steps. "
         f"Sampling error of the base's acc@0.5 alone: ± {se:.3f}.\n\n"
@@ -429,13 +438,21 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--epochs", type=int, default=d.epochs, help="epochs over the spr arm's pairs (sets the budget)"
     )
+    p.add_argument(
+        "--eval-split", choices=["test", "val"], default=d.eval_split,
+        help="evaluate on the test scenes (the result) or the validation scenes (to choose settings)",
+    )  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
     add_common_arguments(p, d)
 
 
 def run(args) -> int:
     config = AblateConfig(
-        seeds=tuple(args.seeds), arms=tuple(args.arms), epochs=args.epochs, **common_settings(args)
+        seeds=tuple(args.seeds),
+        arms=tuple(args.arms),
+        epochs=args.epochs,
+        eval_split=args.eval_split,
+        **common_settings(args),
     )
     run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model, args.jobs)
     return 0

@@ -227,12 +227,14 @@ def evaluate_command(c: DemoConfig, model: Path, rec_data: Path, regions: Path, 
          "--limit", c.description_limit, "--max-new-tokens", c.max_new_tokens)  # fmt: skip
 
 
-def test_data(c: DemoConfig, world: Path, base: Path, d: Path) -> tuple[Path, Path]:
-    """(referring expressions of the kinds the base was trained on, regions) of the world's test split."""
-    regions = d / "test_regions.jsonl"
-    _spr("regions", "--annotations", world / "test" / "annotations.json", "--images", world / "test" / "images",
+def test_data(c: DemoConfig, world: Path, base: Path, d: Path, split: str = "test") -> tuple[Path, Path]:
+    """(referring expressions of the kinds the base was trained on, regions) of the world's ``split``, written
+    into ``d`` as <split>_rec.jsonl and <split>_regions.jsonl."""
+    regions = d / f"{split}_regions.jsonl"
+    _spr("regions", "--annotations", world / split / "annotations.json", "--images", world / split / "images",
          "--out", regions, "--seed", c.seed)  # fmt: skip
-    return test_expressions(world / "test" / "rec.jsonl", trained_kinds(base), d / "test_rec.jsonl"), regions
+    rec = test_expressions(world / split / "rec.jsonl", trained_kinds(base), d / f"{split}_rec.jsonl")
+    return rec, regions
 
 
 def run_demo(
