@@ -40,6 +40,7 @@ from .demo import (
     REC_KEYS,
     DemoConfig,
     DemoRun,
+    _count_lines,
     _spr,
     add_common_arguments,
     base_model_dir,
@@ -237,7 +238,7 @@ def seed_round(out: Path, c: AblateConfig, seed: int, models: dict, rec_data: Pa
     stage("world", lambda: world_command(d / "world", seed, c, c.train_scenes, 0, 0))
     for name, fn, output in round_stages(c, seed, d / "world", d, models):
         stage(name, fn, output)
-    n_pairs = _count_rows(d / "dpo.jsonl")
+    n_pairs = _count_lines(d / "dpo.jsonl")
     steps = equal_budget_steps(c, n_pairs)
     for arm in c.arms:
         arm_stages(c, arm, seed, d, models, steps, n_pairs, stage, rec_data, regions)
@@ -250,7 +251,7 @@ def arm_stages(
     a, base = d / arm, models["base"]
     loss = {"dpo": ("sigmoid",), "sft_chosen": ("sft",), "continued": ("sft",)}.get(arm, c.loss_type)
     stage(f"{arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
-    if not _count_rows(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
+    if not _count_lines(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
         stage(f"{arm} has no training rows", lambda: None)
         return
     stage(f"{arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
@@ -275,10 +276,6 @@ def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int,
         continued_sft_data(base, PRESETS[c.preset], seed, n_pairs, c.prompts, a)
 
 
-def _count_rows(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
-
-
 # ------------------------------------------------------------------------------------------- diagnostics
 
 
@@ -289,13 +286,13 @@ def round_diagnostics(d: Path) -> dict:
 
     from ..data.jsonl import read_records
     from ..data.records import Pair, Score
+    from ..pairs import prompt_key
 
     scores = {s.id: s for s in read_records(d / "scores.jsonl", Score)}
     groups: dict[tuple, list[Score]] = defaultdict(list)
     for s in scores.values():
         if not s.refined:
-            region, prompt, _ = s.candidate_id.rsplit("/", 2)
-            groups[(region, prompt)].append(s)
+            groups[prompt_key(s.candidate_id, {})].append(s)
     spread, all_zero, rho, no_box = [], 0, [], 0
     for group in groups.values():
         loc = np.array([s.localization for s in group])
@@ -320,7 +317,7 @@ def round_diagnostics(d: Path) -> dict:
         "prompts whose samples all score 0 loc.": all_zero / max(len(groups), 1),
         "spearman(semantic, localization)": mean(rho),
         "pairs": len(pairs),
-        "margin (total)": mean([p.chosen_score - p.rejected_score for p in pairs]),
+        "margin (total)": mean([p.margin for p in pairs]),
         "chosen - rejected localization": mean(
             [c.localization - r.localization for c, r in zip(chosen, rejected)]
         ),
