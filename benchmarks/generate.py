@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/generate.py [--families qwen2_vl llava] [--batch-sizes 1 4 8] [--samples 2 4]
                                             [--regions 8] [--max-new-tokens 32] [--threads 1] [--repeat 3]
 
-Runs the stage's own loop (``spr.generate.generate_into``: prompt rendering, image crops, left-padded batches,
+Runs the stage's own loop (``spr.sampling.generate_into``: prompt rendering, image crops, left-padded batches,
 decoding, parsing, JSONL writing) on tiny random models built for the run. The baseline is the simple way: one
 ``generate`` call per (region, prompt) with ``num_return_sequences=N`` (the same loop with batch size 1), measured
 in the same run; ``speed-up`` is candidates/s over the baseline's at the same N. Every sequence is made exactly
@@ -28,10 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from spr.data.jsonl import JsonlWriter  # noqa: E402
 from spr.data.records import Region  # noqa: E402
-from spr.generate import GenerateConfig, generate_into  # noqa: E402
+from spr.generate import GenerateConfig  # noqa: E402
 from spr.models import load  # noqa: E402
 from spr.models.tiny import build_tiny_model  # noqa: E402
 from spr.prompts import select_templates  # noqa: E402
+from spr.sampling import generate_into  # noqa: E402
 from spr.table import markdown_table  # noqa: E402
 
 LABELS = ["person", "dog", "car", "cup", "bench", "tree"]

@@ -122,7 +122,7 @@ def main() -> None:
         else:
             clip_dir = args.clip_model
             if clip_dir is None:
-                from spr.models.clip import build_tiny_clip
+                from spr.models.tiny_clip import build_tiny_clip
 
                 clip_dir = str(build_tiny_clip(os.path.join(tmp, "tiny_clip")))
             semantic = make_semantic_scorer("clip", clip_model=clip_dir)

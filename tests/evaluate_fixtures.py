@@ -163,9 +163,12 @@ def make_captions(root: Path) -> Path:
     return path
 
 
-def make_dpo_jsonl(root: Path, n: int = 4, fmt: str = "qwen2_vl", prompt: str = "Where is {label}?") -> Path:
+def make_dpo_jsonl(
+    root: Path, n: int = 4, fmt: str = "qwen2_vl", prompt: str = "Where is {label}?", geometry_fn=None
+) -> Path:
     """``dpo.jsonl`` as `spr pairs` writes it: chosen = the right box, rejected = the other object's box; every
-    other pair shows a crop (``crop_box`` set, boxes in crop pixels)."""
+    other pair shows a crop (``crop_box`` set, boxes in crop pixels). ``geometry_fn(view size)``: the codec
+    geometry (a model adapter's ``geometry``), for formats that need one."""
     from spr import formats
 
     images = write_images(root / "images")
@@ -195,7 +198,7 @@ def make_dpo_jsonl(root: Path, n: int = 4, fmt: str = "qwen2_vl", prompt: str = 
                         {
                             "role": "assistant",
                             "content": [
-                                {"type": "text", "text": f"the {label} " + formats.format_box(box, fmt, view)}
+                                {"type": "text", "text": f"the {label} " + formats.format_box(box, fmt, view, **(geometry_fn(view) if geometry_fn else {}))}
                             ],
                         }
                     ],
@@ -205,7 +208,7 @@ def make_dpo_jsonl(root: Path, n: int = 4, fmt: str = "qwen2_vl", prompt: str = 
                             "content": [
                                 {
                                     "type": "text",
-                                    "text": f"the {label} " + formats.format_box(other, fmt, view),
+                                    "text": f"the {label} " + formats.format_box(other, fmt, view, **(geometry_fn(view) if geometry_fn else {})),
                                 }
                             ],
                         }

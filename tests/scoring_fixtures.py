@@ -129,7 +129,7 @@ _TINY_CACHE: dict[str, Path] = {}
 def tiny_clip_dir(tmp_path_factory, family: str = "clip") -> Path:
     """A tiny random CLIP (or SigLIP) built once per test session."""
     if family not in _TINY_CACHE:
-        from spr.models.clip import build_tiny_clip
+        from spr.models.tiny_clip import build_tiny_clip
 
         _TINY_CACHE[family] = build_tiny_clip(tmp_path_factory.mktemp(f"tiny_{family}"), family=family)
     return _TINY_CACHE[family]
@@ -142,7 +142,7 @@ def tiny_owlv2_dir(tmp_path_factory) -> Path:
         from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
         from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
 
-        from spr.models.clip import train_clip_tokenizer
+        from spr.models.tiny_clip import train_clip_tokenizer
 
         out = tmp_path_factory.mktemp("tiny_owlv2")
         tok = train_clip_tokenizer()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from spr.evaluate import compare, rec
-from spr.evaluate.phrase_grounding import grounding_metrics
+from spr import boxes as B
+from spr.evaluate import compare, phrase_grounding, rec
 
 
 def _pred(pid, gt, pred, split="val", status=None):
@@ -33,7 +33,7 @@ def test_rec_metrics_thresholds_are_inclusive_and_misses_count():
         _pred("nobox", gt, None),  # no box in the answer: a miss
         _pred("noimage", gt, None, split="test", status="image_error"),
     ]
-    m = rec.rec_metrics(preds, splits=["val", "test", "testC"])
+    m = rec.TASK.aggregate(preds, rec.RecConfig(splits=["val", "test", "testC"]))
     assert m["n"] == 5
     assert m["acc@0.5"] == pytest.approx(3 / 5)
     assert m["acc@0.6"] == pytest.approx(2 / 5)
@@ -62,10 +62,10 @@ def test_rec_iou_and_accuracy_agree_with_pycocotools():
     coco_iou = np.array(
         [mask_utils.iou(xywh(pred[i : i + 1]), xywh(gt[i : i + 1]), [0])[0, 0] for i in range(n)]
     )
-    ours = rec.paired_iou(pred, gt)
+    ours = B.paired_iou(pred, gt)
     np.testing.assert_allclose(ours, coco_iou, atol=1e-9)
 
-    m = rec.rec_metrics([_pred(str(i), gt[i], pred[i]) for i in range(n)])
+    m = rec.TASK.aggregate([_pred(str(i), gt[i], pred[i]) for i in range(n)], rec.RecConfig())
     for t in rec.THRESHOLDS:
         assert m[f"acc@{t}"] == pytest.approx(float(np.mean(coco_iou >= t)))
     assert m["mean_iou"] == pytest.approx(float(coco_iou.mean()))
@@ -90,7 +90,7 @@ def test_grounding_any_box_and_merged_box_differ_as_the_protocols_say():
         {"id": "2", "split": "test", "gt_boxes": [a, b], "pred_box": (0, 0, 30, 10), "status": "ok"},
         {"id": "3", "split": "test", "gt_boxes": [a], "pred_box": None, "status": "no_box"},
     ]
-    m = grounding_metrics(preds, splits=["test", "val"])
+    m = phrase_grounding.TASK.aggregate(preds, phrase_grounding.GroundingConfig(splits=["test", "val"]))
     assert m["recall@1_any"] == pytest.approx(1 / 3)
     assert m["recall@1_merged"] == pytest.approx(1 / 3)
     assert m["parse_fail"] == pytest.approx(1 / 3)
@@ -139,10 +139,10 @@ def test_compare_puts_runs_side_by_side_with_deltas(tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps(m))
     table = compare.compare_paths(tmp_path / "base", tmp_path / "spr" / "metrics.json")
     lines = table.splitlines()
-    assert lines[0] == "| metric | base | spr | delta |"
-    assert "| acc@0.5 | 0.5000 | 0.7500 | +0.2500 |" in lines
-    assert "| val/acc@0.5 | 0.6000 | 0.5000 | -0.1000 |" in lines
-    assert "| mean_iou | 0.4000 | 0.4500 | +0.0500 |" in lines
+    assert lines[0] == "| metric | base | spr | delta | better |"
+    assert "| acc@0.5 | 0.5000 | 0.7500 | +0.2500 | spr |" in lines  # higher is better (the task says)
+    assert "| val/acc@0.5 | 0.6000 | 0.5000 | -0.1000 | base |" in lines
+    assert "| mean_iou | 0.4000 | 0.4500 | +0.0500 | spr |" in lines
 
 
 def test_compare_refuses_different_tasks(tmp_path):

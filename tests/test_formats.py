@@ -16,20 +16,19 @@ from spr.formats import kosmos2, qwen2_5_vl
 from spr.formats.base import Grounding, Parsed
 
 W, H = 640, 480
-ALL = [
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "internvl",
-    "ferret",
-    "shikra",
-    "cogvlm",
-    "florence2",
-    "paligemma",
-    "kosmos2",
-    "minigpt_v2",
-    "plain_norm",
-    "plain_pixel",
-]
+ALL = F.available()  # every registered format; test_available_lists_every_format guards the content
+
+# The run's geometry for the formats that need more than the image size (the codec has no default for it).
+QWEN_BUDGET = {"min_pixels": qwen2_5_vl.RELEASED_MIN_PIXELS, "max_pixels": qwen2_5_vl.RELEASED_MAX_PIXELS}
+RUN_GEOMETRY = {"qwen2_5_vl": QWEN_BUDGET}
+
+
+def geo(fmt: str) -> dict:
+    """Geometry options for ``fmt`` in these tests (the released Qwen2.5-VL processor budget for qwen2_5_vl)."""
+    if F.get(fmt).geometry_keys and fmt not in RUN_GEOMETRY:
+        raise AssertionError(f"format {fmt!r} takes geometry options: add it to RUN_GEOMETRY")
+    return dict(RUN_GEOMETRY.get(fmt, {}))
+
 
 MAN = (160.0, 120.0, 480.0, 480.0)
 CUPS = [(64.0, 240.0, 128.0, 360.0), (192.0, 240.0, 256.0, 360.0)]
@@ -50,7 +49,7 @@ SAMPLES = {
         '```json\n[\n\t{"bbox_2d": [161, 119, 483, 476], "label": "man"},\n'
         '\t{"bbox_2d": [322, 238, 644, 357], "label": "cup"}\n]\n```',
         (W, H),
-        {},
+        QWEN_BUDGET,
         [("man", MAN), ("cup", (320.0, 240.0, 640.0, 360.0))],
     ),
     "qwen2_5_vl/input_size": (
@@ -63,7 +62,7 @@ SAMPLES = {
     "qwen2_5_vl/max_pixels": (
         '{"bbox_2d": [126, 91, 378, 273], "label": "man"}',
         (W, H),
-        {"max_pixels": 200704},
+        {"min_pixels": 3136, "max_pixels": 200704},
         [("man", (160.0, 120.0, 480.0, 360.0))],
     ),
     "internvl": (
@@ -108,8 +107,9 @@ SAMPLES = {
         {},
         [("a dog", (0.0, 240.5, 641.0, 432.8))],
     ),
+    # several boxes of one phrase: ';' inside one double bracket, as CogVLM writes them
     "cogvlm": (
-        "A man[[250,250,750,999]] holding two cups[[100,500,200,750];[300,500,400,750]] and a spoon[[050,100,150,200]]",
+        "A man[[250,250,750,999]] holding two cups[[100,500,200,750;300,500,400,750]] and a spoon[[050,100,150,200]]",
         (W, H),
         {},
         [
@@ -118,6 +118,13 @@ SAMPLES = {
             ("holding two cups", CUPS[1]),
             ("a spoon", (32.0, 48.0, 96.0, 96.0)),
         ],
+    ),
+    # the '[[..];[..]]' rendering of earlier SPR versions is still read
+    "cogvlm/legacy": (
+        "two cups[[100,500,200,750];[300,500,400,750]]",
+        (W, H),
+        {},
+        [("two cups", CUPS[0]), ("two cups", CUPS[1])],
     ),
     # bins read at their centre: (bin + 0.5) / 1000 * size
     "florence2": (
@@ -131,16 +138,16 @@ SAMPLES = {
             ("two cups", (192.32, 240.24, 256.32, 360.24)),
         ],
     ),
-    # y first: <loc y1><loc x1><loc y2><loc x2>, loc / 1024 * size
+    # y first: <loc y1><loc x1><loc y2><loc x2>, loc / 1023 * size (big_vision's scale; <loc1023> is the edge)
     "paligemma": (
-        "<loc0256><loc0256><loc0768><loc0768> man ; <loc0512><loc0128><loc1023><loc0512> cup ; "
+        "<loc0256><loc0256><loc1023><loc0767> man ; <loc0341><loc0000><loc0682><loc1023> cup ; "
         "<loc0000><loc0000><loc0512><loc0512> " + "<seg017>" * 16 + " wall",
         (W, H),
         {},
         [
-            ("man", (160.0, 120.0, 480.0, 360.0)),
-            ("cup", (80.0, 240.0, 320.0, 479.53125)),
-            ("wall", (0, 0, 320, 240)),
+            ("man", (256 / 1023 * 640, 256 / 1023 * 480, 767 / 1023 * 640, 480.0)),
+            ("cup", (0.0, 160.0, 640.0, 320.0)),  # 341 / 1023 = 1/3, 682 / 1023 = 2/3
+            ("wall", (0.0, 0.0, 512 / 1023 * 640, 512 / 1023 * 480)),
         ],
     ),
     # 44 -> patch (12, 1), 863 -> (31, 26): centres; 0 -> (0, 0), 5 -> (5, 0) share a row: patch edges
@@ -189,9 +196,38 @@ def assert_box(got, want, tol=1e-6):
     assert got == pytest.approx(tuple(float(v) for v in want), abs=tol), f"{got} != {want}"
 
 
+BUILT_IN = {
+    "cogvlm",
+    "ferret",
+    "florence2",
+    "internvl",
+    "kosmos2",
+    "minigpt_v2",
+    "paligemma",
+    "plain_norm",
+    "plain_pixel",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "shikra",
+}
+
+
 def test_available_lists_every_format():
-    assert F.available() == sorted(ALL)
-    assert {fmt_of(k) for k in SAMPLES} == set(ALL)
+    assert F.available() == sorted(BUILT_IN)  # the self-registration found every module, each once
+    assert {fmt_of(k) for k in SAMPLES} == set(F.available())  # and every format has a model-written sample
+
+
+def test_each_codec_module_registers_itself_once():
+    from spr.formats import codecs, registry
+
+    assert sorted(codecs.MODULES_WITH_CODECS) == F.available()
+    for fmt in F.available():
+        module = importlib.import_module(f"spr.formats.{fmt}")
+        assert module.CODEC is F.get(fmt)
+    importlib.reload(codecs)  # importing the package's modules again registers nothing twice
+    assert F.available() == sorted(BUILT_IN)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(F.get("ferret"))
 
 
 @pytest.mark.parametrize("key", list(SAMPLES))
@@ -237,7 +273,7 @@ def tolerance(fmt, size, geometry=None):
         "cogvlm": 1000,
         "florence2": 1000,
         "plain_norm": 1000,
-        "paligemma": 1024,
+        "paligemma": 1023,
         "minigpt_v2": 100,
         "kosmos2": 32,
     }
@@ -248,7 +284,7 @@ def tolerance(fmt, size, geometry=None):
     if fmt == "plain_pixel":
         return 0.5, 0.5
     if fmt == "qwen2_5_vl":
-        iw, ih = qwen2_5_vl.CODEC.resolve_geometry(size, **(geometry or {}))["input_size"]
+        iw, ih = qwen2_5_vl.CODEC.resolve_geometry(size, **(geometry or geo(fmt)))["input_size"]
         return w / iw, h / ih
     raise AssertionError(fmt)
 
@@ -276,8 +312,8 @@ def test_render_then_parse_returns_the_boxes_within_quantization(fmt, size):
     tx, ty = tolerance(fmt, size)
     for _ in range(20):
         gs = random_groundings(rng, size)
-        text = F.render(gs, fmt, image_size=size)
-        parsed = F.parse(text, fmt, image_size=size)
+        text = F.render(gs, fmt, image_size=size, **geo(fmt))
+        parsed = F.parse(text, fmt, image_size=size, **geo(fmt))
         assert parsed.problems == [], text
         assert [g.phrase for g in parsed] == [g.phrase for g in gs], text
         for got, want in zip(parsed, gs):
@@ -289,15 +325,17 @@ def test_render_then_parse_returns_the_boxes_within_quantization(fmt, size):
 def test_span_of_rendered_text_is_exactly_format_box(fmt):
     rng = random.Random(fmt)
     gs = random_groundings(rng, (W, H))
-    text = F.render(gs, fmt, image_size=(W, H))
-    parsed = F.parse(text, fmt, image_size=(W, H))
-    assert [text[g.span[0] : g.span[1]] for g in parsed] == [F.format_box(g.box, fmt, (W, H)) for g in gs]
+    text = F.render(gs, fmt, image_size=(W, H), **geo(fmt))
+    parsed = F.parse(text, fmt, image_size=(W, H), **geo(fmt))
+    assert [text[g.span[0] : g.span[1]] for g in parsed] == [
+        F.format_box(g.box, fmt, (W, H), **geo(fmt)) for g in gs
+    ]
     # replacing every box at once, right to left, as refinement does
     new_boxes = [g.box for g in random_groundings(rng, (W, H))]
     edited = text
     for g, new in sorted(zip(parsed, new_boxes), key=lambda p: -p[0].span[0]):
-        edited = edited[: g.span[0]] + F.format_box(new, fmt, (W, H)) + edited[g.span[1] :]
-    again = F.parse(edited, fmt, (W, H))
+        edited = edited[: g.span[0]] + F.format_box(new, fmt, (W, H), **geo(fmt)) + edited[g.span[1] :]
+    again = F.parse(edited, fmt, (W, H), **geo(fmt))
     tx, ty = tolerance(fmt, (W, H))
     assert [g.phrase for g in again] == [g.phrase for g in gs]
     for got, want in zip(again, new_boxes):
@@ -328,7 +366,9 @@ BROKEN = [
         "point_2d",
     ),
     ("qwen2_5_vl", '[{"bbox_2d": [1, 2, 3], "label": "x"}]', 0, "four numbers"),
-    ("qwen2_5_vl", "The man is at [161, 119, 483, 476].", 0, "wrong format"),
+    ("qwen2_5_vl", "<answer>[322, 238]</answer>", 0, "a point"),
+    ("qwen2_5_vl", '{"bbox_2d": [161, 119, 483, 476], "label": "ma', 0, "cut off"),
+    ("internvl", "[[100, 100, 200]]", 0, "cannot read"),
     ("qwen2_vl", "<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)", 0, "truncated"),
     ("qwen2_vl", "<|box_start|>(1,2),(3)<|box_end|>", 0, "4 numbers"),
     ("internvl", "<ref>a</ref><box>[[100, 100, 1200, 500]]</box>", 1, "clipped"),
@@ -349,14 +389,14 @@ BROKEN = [
 
 @pytest.mark.parametrize("fmt,text,count,word", BROKEN)
 def test_broken_output_is_reported_beside_what_could_be_read(fmt, text, count, word):
-    parsed = F.parse(text, fmt, image_size=(W, H))
+    parsed = F.parse(text, fmt, image_size=(W, H), **geo(fmt))
     assert len(parsed) == count
     assert any(word in p for p in parsed.problems), parsed.problems
 
 
 def test_qwen2_5_vl_reads_python_style_objects_and_swapped_corners():
     text = "[{'bbox_2d': [483, 476, 161, 119], 'label': 'man',}]"
-    parsed = F.parse(text, "qwen2_5_vl", (W, H))
+    parsed = F.parse(text, "qwen2_5_vl", (W, H), **QWEN_BUDGET)
     assert [g.phrase for g in parsed] == ["man"]
     assert_box(parsed[0].box, MAN)
     assert any("swapped" in p for p in parsed.problems)
@@ -436,7 +476,7 @@ FRAGMENTS = [
 
 
 def fuzz_texts(rng, fmt, n):
-    valid = F.render(random_groundings(rng, (W, H)), fmt, (W, H))
+    valid = F.render(random_groundings(rng, (W, H)), fmt, (W, H), **geo(fmt))
     for _ in range(n):
         kind = rng.random()
         if kind < 0.4:
@@ -456,7 +496,7 @@ def fuzz_texts(rng, fmt, n):
 def test_garbage_never_raises_and_never_yields_a_bad_box(fmt):
     codec = F.get(fmt)
     rng = random.Random(fmt)
-    geometry = codec.resolve_geometry((W, H))
+    geometry = codec.resolve_geometry((W, H), **geo(fmt))
     for text in fuzz_texts(rng, fmt, 300):
         parsed = codec.read(text, (W, H), **geometry)  # the raw parser, without the safety net of parse()
         assert isinstance(parsed, Parsed)
@@ -494,16 +534,49 @@ def test_caller_mistakes_raise_clear_errors():
         F.parse("x", "qwen3", (W, H))
 
 
+@pytest.mark.parametrize(
+    "geometry,missing",
+    [
+        ({}, "min_pixels, max_pixels"),
+        ({"max_pixels": 200704}, "min_pixels"),
+        ({"min_pixels": 3136}, "max_pixels"),
+    ],
+)
+def test_qwen2_5_vl_without_the_runs_geometry_raises_saying_what_to_pass(geometry, missing):
+    """The pixel budget moves every coordinate: a silent default would give shifted boxes."""
+    calls = [
+        lambda: F.parse('[{"bbox_2d": [161, 119, 483, 476]}]', "qwen2_5_vl", (W, H), **geometry),
+        lambda: F.format_box(MAN, "qwen2_5_vl", (W, H), **geometry),
+        lambda: F.render([("man", MAN)], "qwen2_5_vl", (W, H), **geometry),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="input_size") as e:
+            call()
+        assert "min_pixels and max_pixels" in str(e.value) and f"missing: {missing}" in str(e.value)
+    with pytest.raises(ValueError, match="min_pixels must not exceed max_pixels"):
+        F.parse("x", "qwen2_5_vl", (W, H), min_pixels=200704, max_pixels=3136)
+    with pytest.raises(ValueError, match="positive integer"):
+        F.parse("x", "qwen2_5_vl", (W, H), min_pixels=0, max_pixels=3136)
+
+
 # ---- geometry and cross-checks against transformers ------------------------------------------------------
 
 
-def test_qwen2_5_vl_geometry_defaults_to_smart_resize_and_input_size_wins():
-    geo = qwen2_5_vl.CODEC.resolve_geometry((W, H))
-    assert geo == {"input_size": (644, 476)}
-    assert qwen2_5_vl.CODEC.resolve_geometry((W, H), max_pixels=200704) == {"input_size": (504, 364)}
-    assert qwen2_5_vl.CODEC.resolve_geometry((W, H), input_size=(320, 240)) == {"input_size": (320.0, 240.0)}
-    assert F.format_box(MAN, "qwen2_5_vl", (W, H)) == "[161, 119, 483, 476]"
+def test_qwen2_5_vl_geometry_is_smart_resize_of_the_budget_and_input_size_wins():
+    resolve = qwen2_5_vl.CODEC.resolve_geometry
+    assert resolve((W, H), **QWEN_BUDGET) == {"input_size": (644, 476)}
+    assert resolve((W, H), min_pixels=3136, max_pixels=200704) == {"input_size": (504, 364)}
+    assert resolve((W, H), input_size=(320, 240)) == {"input_size": (320.0, 240.0)}
+    assert resolve((W, H), input_size=(320, 240), min_pixels=3136, max_pixels=200704) == {
+        "input_size": (320.0, 240.0)
+    }
+    assert F.format_box(MAN, "qwen2_5_vl", (W, H), **QWEN_BUDGET) == "[161, 119, 483, 476]"
     assert F.format_box(MAN, "qwen2_5_vl", (W, H), input_size=(320, 240)) == "[80, 60, 240, 240]"
+    # the same box text means different pixels under another budget: why there is no default
+    text = '{"bbox_2d": [161, 119, 483, 476]}'
+    a = F.parse(text, "qwen2_5_vl", (W, H), **QWEN_BUDGET)[0].box
+    b = F.parse(text, "qwen2_5_vl", (W, H), min_pixels=3136, max_pixels=200704)[0].box
+    assert a != pytest.approx(b)
 
 
 def transformers_smart_resize():
@@ -526,7 +599,7 @@ def test_smart_resize_matches_transformers_on_many_sizes():
     sizes += [(10, 10), (27, 29), (1, 150), (150, 1), (56, 56), (8000, 6000), (4000, 3000), (3584, 3584)]
     for h, w in sizes:
         for limits in ({}, {"min_pixels": 256 * 28 * 28, "max_pixels": 1280 * 28 * 28}):
-            args = {"min_pixels": qwen2_5_vl.MIN_PIXELS, "max_pixels": qwen2_5_vl.MAX_PIXELS, **limits}
+            args = {**QWEN_BUDGET, **limits}
             assert qwen2_5_vl.smart_resize(h, w, **args) == theirs(h, w, factor=28, **args), (h, w, args)
 
 

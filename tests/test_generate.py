@@ -14,9 +14,10 @@ import torch
 from spr.cli import main
 from spr.data.jsonl import read_records
 from spr.data.records import Candidate, Region
-from spr.generate import make_candidate
+from spr.models import available_families
 from spr.models.adapter import ModelAdapter
 from spr.prompts import BUILTIN, render
+from spr.sampling import make_candidate
 
 FAST = ["--samples", "2", "--max-new-tokens", "4", "--batch-size", "3"]
 
@@ -46,9 +47,7 @@ def generate(model, regions, out, *extra):
     )
 
 
-@pytest.mark.parametrize(
-    "family", ["qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision", "idefics3", "internvl"]
-)
+@pytest.mark.parametrize("family", available_families())
 def test_regions_then_generate_end_to_end(family, tiny_model_dir, regions, tmp_path):
     out = tmp_path / "candidates.jsonl"
     assert generate(tiny_model_dir(family), regions, out, "--limit", "2") == 0
@@ -133,7 +132,7 @@ def test_bad_images_are_reported_and_skipped(tiny_model_dir, regions, tmp_path, 
     assert generate(tiny_model_dir("qwen2_vl"), path, out) == 0
     assert {c.region_id for c in read_records(out, Candidate)} == {rs[0].id}
     summary = capsys.readouterr().out
-    for reason in ["image missing", "image unreadable", "image size differs from the region record"]:
+    for reason in ["image missing", "image unreadable", "image size differs from the record"]:
         assert re.search(rf"regions skipped: {reason} +\| 1 ", summary)
     assert "region missing: image missing" in summary and "region corrupt: image unreadable" in summary
 
@@ -155,27 +154,30 @@ def spr_command(*args):
 
 
 @pytest.mark.slow
-def test_resume_after_kill(tiny_model_dir, regions, tmp_path):
-    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "c.jsonl"
-    cmd, env = spr_command(
-        "generate", "--model", str(model), "--regions", str(regions), "--out", str(out),
-        "--samples", "2", "--max-new-tokens", "48", "--batch-size", "1",
-    )  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(ids_of(out))
-    assert 0 < written < len(expected_ids(regions)), "the run was not killed midway"
-    assert generate(model, regions, out) == 0
-    ids = ids_of(out)
-    assert len(ids) == len(set(ids)) and set(ids) == expected_ids(regions)
+def test_a_run_killed_at_three_points_and_resumed_equals_a_clean_run_byte_for_byte(tiny_model_dir, regions, tmp_path):
+    model = tiny_model_dir("qwen2_vl")
+    settings = ["--samples", "2", "--max-new-tokens", "32", "--batch-size", "2"]
+    clean = tmp_path / "clean.jsonl"
+    assert generate(model, regions, clean, *settings) == 0
+    expected = clean.read_bytes()
+    total = len(expected.splitlines())
+    for point in (total // 4, total // 2, 3 * total // 4):
+        out = tmp_path / f"killed-{point}.jsonl"
+        cmd, env = spr_command("generate", "--model", str(model), "--regions", str(regions), "--out", str(out),
+                               *FAST, *settings)  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < point):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert 0 < len(out.read_bytes().splitlines()) < total, "the run was not killed midway"
+        assert generate(model, regions, out, *settings) == 0
+        assert out.read_bytes() == expected, f"killed after {point} records"
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_ids_as_one(tiny_model_dir, regions, tmp_path):
+def test_two_processes_write_the_same_file_as_one(tiny_model_dir, regions, tmp_path):
     model = tiny_model_dir("qwen2_vl")
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     assert generate(model, regions, one) == 0
@@ -186,9 +188,22 @@ def test_two_processes_write_the_same_ids_as_one(tiny_model_dir, regions, tmp_pa
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", *cmd[2:]]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(ids_of(two)) == sorted(ids_of(one))
+    assert two.read_bytes() == one.read_bytes()  # the same candidates, in the same order
     assert not list(tmp_path.glob("two.shard*"))  # merged and removed
     assert re.search(r"candidates written +\| 24 ", result.stdout)  # one summary, over both processes
+
+
+def test_include_greedy_adds_the_greedy_answer_of_each_prompt(tiny_model_dir, regions, tmp_path):
+    out = tmp_path / "c.jsonl"
+    assert generate(tiny_model_dir("qwen2_vl"), regions, out, "--include-greedy", "--limit", "1") == 0
+    cands = {c.id: c for c in read_records(out, Candidate)}
+    greedy = [c for c in cands.values() if c.id.endswith("/greedy")]
+    assert len(greedy) == 3 and all(c.sample == -1 for c in greedy)
+    # the greedy answer is the model's own greedy decoding of that prompt
+    again = tmp_path / "g.jsonl"
+    assert generate(tiny_model_dir("qwen2_vl"), regions, again, "--temperature", "0", "--samples", "1", "--limit", "1") == 0
+    for c in read_records(again, Candidate):
+        assert cands[c.id.rsplit("/", 1)[0] + "/greedy"].text == c.text
 
 
 def test_a_view_the_processor_refuses_skips_only_that_prompt(tiny_model_dir, regions, tmp_path, capsys):

@@ -54,6 +54,6 @@ def test_shards_merge_into_one_file_without_duplicates(tmp_path):
             for i in range(rank, 6, 2):
                 w.write(region(i))
             w.write(region(0))  # a duplicate across shards
-    assert merge_shards(out, 2) == 6
+    assert merge_shards(out) == 6
     assert sorted(r.id for r in read_records(out, Region)) == [f"r{i}" for i in range(6)]
     assert not shard_path(out, 0, 2).exists()

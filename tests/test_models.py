@@ -9,15 +9,15 @@ from spr.errors import UserError
 from spr.models import available_families, get_family, load, load_processor
 from spr.models.processors import is_full_processor
 
-FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision", "idefics3", "internvl"]
+FAMILIES = available_families()
 
 
 def images():
     return [Image.new("RGB", (200, 150), (200, 30, 30)), Image.new("RGB", (90, 160), (30, 200, 30))]
 
 
-def test_every_family_is_supported():
-    assert sorted(FAMILIES) == available_families()
+def test_the_supported_families():
+    assert {"qwen2_vl", "qwen2_5_vl", "llava", "llava_onevision", "idefics3", "internvl"} <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -47,7 +47,7 @@ def test_tiny_model_forward_generate_and_round_trip(family, tiny_model_dir, tmp_
         assert torch.equal(again.model(**inputs2).logits, logits)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava_onevision", "internvl"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).has_video_processor])
 def test_saved_processor_names_the_standard_class(family, tiny_model_dir):
     """These families' processors take a video processor (torchvision); the image-only stand-in saves under
     the family's own class name, so the directory stays a normal one."""

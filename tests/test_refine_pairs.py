@@ -31,6 +31,8 @@ from spr.refine import RefineConfig, refine_candidate, usable_groundings
 from spr.scoring import RegionScorer, register_semantic_scorer
 
 REFS = np.array([box for _, box, _ in OBJECTS])
+# the pixel budget of a Qwen2.5-VL run (its boxes are in pixels of the resized input, which the budget decides)
+GEOMETRY = {"qwen2_5_vl": {"min_pixels": 3136, "max_pixels": 12845056}}
 
 
 @pytest.fixture
@@ -47,8 +49,9 @@ def roundtrip(box, fmt, size, **geometry):
 def make_candidate(region, fmt, groundings, size=SIZE, crop_box=None, sample=0):
     """A candidate written by ``fmt`` in the view ``size`` (crop or full image), groundings stored in original
     pixels as the generate stage stores them."""
-    text = formats.render(groundings, fmt, image_size=size)
-    parsed = formats.parse(text, fmt, image_size=size)
+    geometry = GEOMETRY.get(fmt, {})
+    text = formats.render(groundings, fmt, image_size=size, **geometry)
+    parsed = formats.parse(text, fmt, image_size=size, **geometry)
     ox, oy = (crop_box[0], crop_box[1]) if crop_box else (0, 0)
     gs = [
         {
@@ -67,6 +70,7 @@ def make_candidate(region, fmt, groundings, size=SIZE, crop_box=None, sample=0):
         text=text,
         groundings=gs,
         fmt=fmt,
+        geometry=geometry,
         image=region.image,
         crop_box=crop_box,
     )
@@ -76,16 +80,15 @@ def make_candidate(region, fmt, groundings, size=SIZE, crop_box=None, sample=0):
 def test_refined_text_reparses_to_the_reference_boxes_in_every_format(region, fmt):
     off = [(label, shifted(box, 6, -4)) for label, box, _ in OBJECTS]  # IoU 0.5-0.85 with the references
     cand = make_candidate(region, fmt, off)
-    assert len(cand.groundings) == len(OBJECTS), formats.parse(cand.text, fmt, image_size=SIZE).problems
+    geo = GEOMETRY.get(fmt, {})
+    assert len(cand.groundings) == len(OBJECTS), formats.parse(cand.text, fmt, image_size=SIZE, **geo).problems
     refined = refine_candidate(cand, region, REFS)
     # a coarse format (kosmos2's 32x32 patches) may already write some of the shifted boxes as the reference
     assert refined.replaced + refined.exact == len(OBJECTS) and refined.replaced > 0 and not refined.problems
-    reparsed = formats.parse(refined.text, fmt, image_size=SIZE)
+    reparsed = formats.parse(refined.text, fmt, image_size=SIZE, **geo)
     assert len(reparsed) == len(OBJECTS)
     for g, ref in zip(reparsed, REFS):
-        assert g.box == pytest.approx(
-            roundtrip(ref, fmt, SIZE), abs=1e-6
-        )  # exactly what the format can write
+        assert g.box == pytest.approx(roundtrip(ref, fmt, SIZE, **geo), abs=1e-6)  # what the format can write
         assert g.box == pytest.approx(tuple(ref), abs=0.02 * max(SIZE))  # which is the reference, quantized
     assert [g["box"] for g in refined.groundings] == [list(g.box) for g in reparsed]
 
@@ -249,21 +252,10 @@ def test_score_then_pairs_commands(tmp_path, capsys):
     assert row["id"] == pair.id and row["crop_box"] is None
     summary = json.loads((run / "pairs.summary.json").read_text())
     assert summary["pairs"] == 1 and summary["margin below threshold"] == 0
-    assert (
-        main(
-            [
-                "pairs",
-                *files,
-                "--scores",
-                str(run / "scores.jsonl"),
-                "--out",
-                str(run / "p2.jsonl"),
-                "--min-margin",
-                "5",
-            ]
-        )
-        == 0
-    )
+    p2 = ["pairs", *files, "--scores", str(run / "scores.jsonl"), "--out", str(run / "p2.jsonl"), "--min-margin", "5"]
+    assert main(p2) == 2  # its DPO rows would overwrite those of pairs.jsonl
+    assert "belong to pairs.jsonl" in capsys.readouterr().err
+    assert main([*p2, "--dpo-out", str(run / "p2.dpo.jsonl")]) == 0
     assert read_records(run / "p2.jsonl", Pair) == []
     assert json.loads((run / "p2.summary.json").read_text())["margin below threshold"] == 1
     assert read_records(run / "scores.jsonl", Score)  # unchanged input

@@ -443,7 +443,7 @@ def test_score_stage_options_and_bad_records(run_dir, keywords_registered, capsy
     assert main(["score", "--regions", str(run / "nope.jsonl"), "--candidates", "x", "--out", "y"]) == 2
 
 
-def test_score_stage_skips_regions_whose_image_is_missing(run_dir, tmp_path_factory, capsys):
+def test_score_stage_skips_regions_whose_image_is_missing_and_fails_when_none_is_left(run_dir, tmp_path_factory, capsys):
     run, ids = run_dir
     (run / "images" / "scene.png").unlink()
     clip = str(tiny_clip_dir(tmp_path_factory, "clip"))
@@ -461,7 +461,9 @@ def test_score_stage_skips_regions_whose_image_is_missing(run_dir, tmp_path_fact
                 clip,
             ]
         )
-        == 0
+        == 2
     )
-    assert "image unreadable (region skipped) | 1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "region skipped: image missing | 1" in captured.out
+    assert "no candidate could be scored" in captured.err
     assert (run / "scores.jsonl").read_text() == ""

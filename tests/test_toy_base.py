@@ -72,8 +72,8 @@ def test_shipped_base_grounds_on_held_out_test_scenes():
     (far above picking one of a scene's five shapes at random, 0.2) on test scenes it never saw, and be imprecise
     at IoU 0.9, the regime SPR targets."""
     from spr import models
+    from spr.pipeline import ASSETS
     from spr.toy.base_recipe import rec_accuracy
-    from spr.toy.demo import ASSETS
     from spr.toy.world import WorldConfig
 
     recipe = json.loads((ASSETS / "base" / "recipe.json").read_text())

@@ -59,6 +59,18 @@ def iou(a, b) -> np.ndarray:
     return out
 
 
+def paired_iou(a, b) -> np.ndarray:
+    """IoU of ``a[i]`` with ``b[i]`` for two (N, 4) arrays: the diagonal of :func:`iou`, in O(N)."""
+    a, b = as_array(a), as_array(b)
+    x1, y1 = np.maximum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1])
+    x2, y2 = np.minimum(a[:, 2], b[:, 2]), np.minimum(a[:, 3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = area(a) + area(b) - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out
+
+
 def intersection_over_area(a, b) -> np.ndarray:
     """(N, M) matrix: the fraction of each box in ``a`` that lies inside each box in ``b``."""
     a, b = as_array(a), as_array(b)
@@ -75,6 +87,13 @@ def union_box(boxes) -> Box:
     if len(b) == 0:
         raise ValueError("union_box of no boxes")
     return (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+
+
+def shift(box: Sequence[float], dx: float, dy: float) -> Box:
+    """The box moved by (dx, dy): between a crop's coordinates and the original image's (crop origin added
+    going out, subtracted going in)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
 
 
 def clip(box: Sequence[float], image_size: tuple[int, int]) -> Box:
@@ -115,19 +134,6 @@ def problem(box, image_size: tuple[int, int] | None = None) -> str | None:
         if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
             return f"outside the {w}x{h} image: {vals}"
     return None
-
-
-def center_inside(pred, target) -> np.ndarray:
-    """(N, M) bool: the centre of each ``pred`` box lies inside each ``target`` box."""
-    p, t = as_array(pred), as_array(target)
-    cx = (p[:, 0] + p[:, 2]) / 2
-    cy = (p[:, 1] + p[:, 3]) / 2
-    return (
-        (cx[:, None] >= t[None, :, 0])
-        & (cx[:, None] <= t[None, :, 2])
-        & (cy[:, None] >= t[None, :, 1])
-        & (cy[:, None] <= t[None, :, 3])
-    )
 
 
 def best_match(ious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

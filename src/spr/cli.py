@@ -1,53 +1,43 @@
-"""`spr <command>`: one command per pipeline stage.
+"""`spr <command>`: one command per pipeline stage, in pipeline order (the commands: :mod:`spr.stages`).
 
-Each command lives in its own module, which defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Only the module of the command being run is imported, so `spr regions` does not pay for
-torch.
+Every command's flags are generated from its config dataclass (:mod:`spr.config`), and every command takes
+``--config file.yaml`` with the same names. Only the modules of the command being run are imported, so
+`spr regions` does not pay for torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
-from spr.errors import UserError
-
-# command name -> module implementing it. Add a stage by adding a line here.
-COMMANDS: dict[str, str] = {
-    "tiny-model": "spr.models.tiny",
-    "generate": "spr.generate",
-    "score": "spr.scoring.command",
-    "pairs": "spr.pairs",
-    "report": "spr.report.command",
-    "regions": "spr.regions",
-    "toy": "spr.toy.cli",
-    "train": "spr.train",
-    "merge": "spr.merge",
-    "eval": "spr.evaluate.cli",
-    "demo": "spr.toy.demo",
-}
+from . import config as C
+from .errors import UserError
+from .stages import COMMANDS, resolve
 
 
-def _load(name: str):
-    return importlib.import_module(COMMANDS[name])
+def _add_command(sub, name: str, target, path: str) -> None:
+    module = resolve(target)
+    p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    if hasattr(module, "SUBCOMMANDS"):
+        group = p.add_subparsers(dest=f"_{path}", metavar="<subcommand>")
+        for child, child_module in module.SUBCOMMANDS.items():
+            _add_command(group, child, child_module, f"{path} {child}")
+        p.set_defaults(_parser=p, _command=path)
+        return
+    C.add_arguments(p, module.Config)
+    p.set_defaults(_module=module, _command=path)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spr", description="Spatial Preference Rewarding for grounding MLLMs."
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="spr", description="Spatial Preference Rewarding for grounding MLLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name in COMMANDS:
+    for name, module_name in COMMANDS.items():
         if only is not None and name != only:
-            sub.add_parser(name, add_help=False)
+            sub.add_parser(name, add_help=False, help=argparse.SUPPRESS)
             continue
-        module = _load(name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        _add_command(sub, name, module_name, name)
     return parser
 
 
@@ -59,19 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    if not getattr(args, "_run", None):
-        parser.print_help()
+    module = getattr(args, "_module", None)
+    if module is None:
+        (getattr(args, "_parser", None) or parser).print_help()
         return 2
+    command = args._command
     try:
-        return int(args._run(args) or 0)
+        config = C.from_args(module.Config, args)
+        return int(module.run(config) or 0)
     except UserError as e:
-        print(f"spr {args.command}: error: {e}", file=sys.stderr)
+        print(f"spr {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"spr {args.command}: interrupted; what was written so far is kept, re-run to resume",
-            file=sys.stderr,
-        )
+        print(f"spr {command}: interrupted; what was written so far is kept, re-run to resume", file=sys.stderr)
         return 130
 
 

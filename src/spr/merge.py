@@ -1,22 +1,25 @@
 """`spr merge`: fold a LoRA adapter into its base model and save a complete model directory.
 
-The output holds the merged weights (safetensors), config, generation config AND the processor, tokenizer and
-chat template, so that ``from_pretrained`` / ``spr.models.load`` on it gives a model that runs like the base
-with the adapter on (merged VLM checkpoints that lose their processor files are a common complaint).
-The processor files come from the adapter directory (``spr train`` saves them there), else from the base.
-The result is loaded once more before the command returns, to prove it is complete.
+The output holds the merged weights (safetensors), config, ``generation_config.json`` AND every processor file:
+tokenizer, chat template, preprocessor settings, video preprocessor config, so that plain transformers
+(``AutoModelForImageTextToText`` / ``AutoProcessor``) and ``spr.models.load`` on it give a model that runs like
+the base with the adapter on (merged VLM checkpoints that lose these files are a common complaint). The
+processor files are the base's; the image processor settings `spr train` saved beside the adapter replace the
+base's (they carry the pixel budget the adapter was trained with). The result is loaded once more before the command returns.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from spr.config import opt, required
 from spr.errors import UserError
 
-HELP = "merge a LoRA adapter into its base model: a complete model directory with its processor"
+HELP = "Merge a LoRA adapter into its base model: a complete model directory with its processor."
 
 PROCESSOR_FILES = (
     "tokenizer.json",
@@ -32,6 +35,7 @@ PROCESSOR_FILES = (
     "preprocessor_config.json",
     "video_preprocessor_config.json",
 )
+IMAGE_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -76,9 +80,12 @@ def merge(
                 f"{adapter_dir}: a full model (no adapter_config.json): nothing to merge, load it as is"
             )
         raise UserError(f"{adapter_dir}: no adapter_config.json (expected the output of `spr train`)")
+    from spr.models.loading import check_weights
+
     base = base or base_of(adapter_dir)
     if base is None:
         raise UserError(f"{adapter_dir}: the base model is not recorded here; give it with --base DIR")
+    check_weights(adapter_dir, safe=("adapter_model.safetensors",), unsafe=("adapter_model.bin",))
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if out.resolve() in (Path(base).resolve(), adapter_dir.resolve()):
@@ -91,12 +98,16 @@ def merge(
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
 
-    if _has_processor(adapter_dir):
-        for name in PROCESSOR_FILES:
-            if (adapter_dir / name).exists():
-                shutil.copy2(adapter_dir / name, out / name)
-    else:
+    # The base's files; of the adapter's, only the image processor's settings (the pixel budget it trained
+    # with): a tokenizer saved after loading can drop named special tokens the processor needs (InternVL).
+    for source, names in ((Path(base), PROCESSOR_FILES), (adapter_dir, IMAGE_PROCESSOR_FILES)):
+        for name in names:
+            if (source / name).exists():
+                shutil.copy2(source / name, out / name)
+    if not _has_processor(out):
         loaded.processor.save_pretrained(str(out))
+    if (Path(base) / "generation_config.json").exists() and not (out / "generation_config.json").exists():
+        shutil.copy2(Path(base) / "generation_config.json", out / "generation_config.json")
 
     if verify:
         try:
@@ -106,15 +117,21 @@ def merge(
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="LoRA adapter directory (output of `spr train`)")
-    parser.add_argument("--out", required=True, help="directory for the merged model")
-    parser.add_argument("--base", help="base model directory (default: the one recorded by `spr train`)")
-    parser.add_argument("--family", help="model family when config.model_type does not tell")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
+@dataclass
+class MergeConfig:
+    """`spr merge`: an adapter folded into its base, saved as a complete model directory."""
+
+    adapter: str = opt(required, "LoRA adapter directory (output of `spr train`)")
+    out: str = opt(required, "directory for the merged model")
+    base: str | None = opt(None, "base model directory", default_text="the one recorded by `spr train`")
+    family: str | None = opt(None, "model family when config.model_type does not tell", default_text="from config.json")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "dtype of the saved weights")
 
 
-def run(args) -> int:
-    out = merge(args.adapter, args.out, base=args.base, family=args.family, dtype=args.dtype)
+Config = MergeConfig
+
+
+def run(config: MergeConfig) -> int:
+    out = merge(config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype)
     print(f"merged model with its processor: {out}")
     return 0

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import boxes as B
 from . import formats
 from .errors import UserError
 
@@ -75,6 +76,24 @@ class RenderedPrompt:
     """(W, H) of the image the model sees: what box codecs need as ``image_size``."""
     geometry: dict = field(default_factory=dict)
 
+    @property
+    def origin(self) -> tuple[float, float]:
+        """Where the view's top-left corner sits in the original image."""
+        return (self.crop_box[0], self.crop_box[1]) if self.crop_box else (0, 0)
+
+    def view_image(self, image):
+        """The part of the original ``image`` (PIL) this prompt shows."""
+        return image.crop(tuple(self.crop_box)) if self.crop_box else image
+
+    def groundings_to_original(self, groundings) -> list[dict]:
+        """Groundings parsed in view coordinates -> dicts with boxes in original-image pixels."""
+        out = []
+        for g in groundings:
+            d = g.to_dict()
+            d["box"] = list(B.shift(d["box"], *self.origin))
+            out.append(d)
+        return out
+
 
 def crop_box_for(box, image_size) -> list[int]:
     """The integer crop that contains ``box`` (floor / ceil), clipped to the image, at least 1 px each side."""
@@ -102,8 +121,7 @@ def render(template: PromptTemplate, region, fmt: str, geometry_fn=None) -> Rend
     if template.view == "crop":
         crop = crop_box_for(box, image_size)
         view_size = (crop[2] - crop[0], crop[3] - crop[1])
-        view_box = [box[0] - crop[0], box[1] - crop[1], box[2] - crop[0], box[3] - crop[1]]
-        view_box = [min(max(v, 0.0), float(view_size[i % 2])) for i, v in enumerate(view_box)]
+        view_box = B.clip(B.shift(box, -crop[0], -crop[1]), view_size)
     else:
         crop, view_size, view_box = None, image_size, box
     geometry = dict(geometry_fn(view_size)) if geometry_fn else {}

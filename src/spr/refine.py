@@ -51,12 +51,10 @@ class View:
     offset: tuple[float, float] = (0.0, 0.0)
 
     def to_view(self, box) -> tuple[float, float, float, float]:
-        ox, oy = self.offset
-        return B.clip((box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy), self.size)
+        return B.clip(B.shift(box, -self.offset[0], -self.offset[1]), self.size)
 
     def to_original(self, box) -> tuple[float, float, float, float]:
-        ox, oy = self.offset
-        return (box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy)
+        return B.shift(box, *self.offset)
 
 
 def view_of(candidate: Candidate, region: Region) -> View:

@@ -15,29 +15,41 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from . import boxes as B
+from .config import opt, output_settings, required
 from .data.coco import AnnotatedImage, AnnotatedObject
+from .data.images import DEFAULT_MAX_PIXELS
 from .data.records import Region
 
 
 @dataclass
 class RegionConfig:
-    objects_per_region: int = 5
-    """Grow until the region holds at least this many selected objects (the paper: more than four)."""
-    per_image: int = 1
-    """Regions per image, each from a different seed object; identical regions are kept once."""
-    min_area_fraction: float = 0.0
-    """Skip regions whose box covers less than this fraction of the image."""
-    max_area_fraction: float = 1.0
-    """Skip regions whose box covers more than this fraction of the image."""
-    inside_fraction: float = 0.5
-    """An object belongs to the region when at least this fraction of its area lies inside the region box."""
-    skip_crowd: bool = True
-    """Ignore crowd annotations (iscrowd=1), whose boxes cover groups rather than objects."""
-    seed: int = 0
+    """`spr regions`: SPR query regions from COCO-style annotations."""
+
+    annotations: str = opt(required, "COCO-style detection JSON (COCO, Objects365, LVIS)")
+    images: str = opt(required, "directory the annotations' file_name entries are relative to")
+    out: str = opt(required, "regions.jsonl to write (ids already there are kept: resumable)")
+    seed: int = opt(0, "seed of the random seed objects (each image draws from its own generator)")
+    objects_per_region: int = opt(5, "grow until the region holds this many selected objects (the paper: more than four)")
+    per_image: int = opt(1, "regions per image, each from a different seed object; identical regions are kept once")
+    min_area_fraction: float = opt(0.0, "skip regions whose box covers less than this fraction of the image")
+    max_area_fraction: float = opt(1.0, "skip regions whose box covers more than this fraction of the image")
+    inside_fraction: float = opt(0.5, "an object belongs to the region when this fraction of its area is inside")
+    skip_crowd: bool = opt(True, "ignore crowd annotations (iscrowd=1), whose boxes cover groups of objects")
+    limit: int | None = opt(None, "stop after this many regions in all", output=False)
+    on_error: Literal["skip", "stop"] = opt("skip", "bad annotation records: skip and count them, or stop")
+    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped as unreadable")
+    overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
+
+    def __post_init__(self):
+        if self.objects_per_region < 1 or self.per_image < 1:
+            raise ValueError("objects_per_region and per_image must be at least 1")
+        if not 0 <= self.min_area_fraction <= self.max_area_fraction <= 1:
+            raise ValueError("need 0 <= min_area_fraction <= max_area_fraction <= 1")
 
 
 def _gap(region: tuple[float, float, float, float], boxes: np.ndarray) -> np.ndarray:
@@ -63,6 +75,16 @@ def grow_region(boxes: np.ndarray, seed_index: int, target: int) -> list[int]:
     return selected
 
 
+def grow(boxes: np.ndarray, seed_index: int, target: int, inside_fraction: float = 0.5):
+    """One region grown from ``seed_index``: (selected indices, region box = their union, member indices =
+    every object with at least ``inside_fraction`` of its area inside the region box, the selected always)."""
+    selected = grow_region(boxes, seed_index, target)
+    region_box = B.union_box(boxes[selected])
+    inside = B.intersection_over_area(boxes, [region_box])[:, 0] >= inside_fraction
+    inside[selected] = True
+    return selected, region_box, [int(i) for i in np.flatnonzero(inside)]
+
+
 def regions_for_image(image: AnnotatedImage, config: RegionConfig) -> tuple[list[Region], str | None]:
     """The regions of one image, or ([], reason) when it has none."""
     objects: list[AnnotatedObject] = [o for o in image.objects if not (config.skip_crowd and o.iscrowd)]
@@ -79,8 +101,7 @@ def regions_for_image(image: AnnotatedImage, config: RegionConfig) -> tuple[list
     for seed_index in seeds:
         if len(regions) >= config.per_image:
             break
-        selected = grow_region(boxes, seed_index, config.objects_per_region)
-        region_box = B.union_box(boxes[selected])
+        selected, region_box, members = grow(boxes, seed_index, config.objects_per_region, config.inside_fraction)
         frac = B.area([region_box])[0] / image_area
         if not (config.min_area_fraction <= frac <= config.max_area_fraction):
             continue
@@ -88,9 +109,7 @@ def regions_for_image(image: AnnotatedImage, config: RegionConfig) -> tuple[list
         if key in seen_boxes:
             continue
         seen_boxes.add(key)
-        inside = B.intersection_over_area(boxes, [region_box])[:, 0] >= config.inside_fraction
-        inside[selected] = True
-        members = [objects[i] for i in np.flatnonzero(inside)]
+        members = [objects[i] for i in members]
         regions.append(
             Region(
                 id=f"{image.id}-{len(regions)}",
@@ -107,51 +126,36 @@ def regions_for_image(image: AnnotatedImage, config: RegionConfig) -> tuple[list
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-HELP = "Build SPR query regions (more than four nearby objects) from COCO-style annotations."
+HELP = "Build SPR query regions (more than four nearby objects each) from COCO-style annotations."
+Config = RegionConfig
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--annotations", required=True, help="COCO-style detection JSON (COCO, Objects365, LVIS)")
-    p.add_argument("--images", required=True, help="directory the annotations' file_name entries are relative to")
-    p.add_argument("--out", required=True, help="regions.jsonl to write (existing ids are kept: resumable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-image", type=int, default=1, help="regions per image")
-    p.add_argument("--objects", type=int, default=5, help="objects per region (the paper: more than four)")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many regions in all")
-    p.add_argument("--min-area", type=float, default=0.0, help="minimum region area as a fraction of the image")
-    p.add_argument("--max-area", type=float, default=1.0, help="maximum region area as a fraction of the image")
-    p.add_argument("--include-crowd", action="store_true", help="use crowd annotations as objects too")
-    p.add_argument("--on-error", choices=["skip", "stop"], default="skip", help="bad annotation records: skip and count, or stop")
-
-
-def run(args) -> int:
+def run(config: RegionConfig) -> int:
     from tqdm import tqdm
 
     from .data.coco import Problems, load_coco
+    from .data.guard import StageOutput
     from .data.jsonl import JsonlWriter
+    from .errors import UserError
     from .table import markdown_table
 
-    config = RegionConfig(
-        objects_per_region=args.objects,
-        per_image=args.per_image,
-        min_area_fraction=args.min_area,
-        max_area_fraction=args.max_area,
-        skip_crowd=not args.include_crowd,
-        seed=args.seed,
-    )
     problems = Problems()
-    images = load_coco(args.annotations, args.images, on_error=args.on_error, problems=problems)
-    skipped: Problems = Problems()
+    images = load_coco(
+        config.annotations, config.images, on_error=config.on_error, problems=problems,
+        max_pixels=config.max_image_pixels,
+    )  # fmt: skip
+    skipped = Problems()
     total = 0
-    with JsonlWriter(args.out) as writer:
-        for image in tqdm(images, desc="regions", unit="img"):
-            if args.limit is not None and total >= args.limit:
+    guard = StageOutput(config.out, "regions", output_settings(config), config.overwrite)
+    with guard, JsonlWriter(config.out) as writer:
+        for image in tqdm(images, desc="regions", unit="img", disable=None):
+            if config.limit is not None and total >= config.limit:
                 break
             regions, reason = regions_for_image(image, config)
             if reason:
                 skipped.add(reason, f"image {image.id}")
             for region in regions:
-                if args.limit is not None and total >= args.limit:
+                if config.limit is not None and total >= config.limit:
                     break
                 writer.write(region)
                 total += 1
@@ -163,4 +167,6 @@ def run(args) -> int:
     for kind, examples in problems.examples.items():
         for e in examples:
             print(f"  {kind}: {e}")
+    if not images:
+        raise UserError(f"{config.annotations}: no usable image; every record was skipped (see above)")
     return 0

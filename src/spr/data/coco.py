@@ -13,9 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from ..errors import UserError
+from .images import DEFAULT_MAX_PIXELS, ImageProblem, image_size
 
 
 @dataclass
@@ -74,11 +73,6 @@ def _load_json(path: Path) -> dict:
     return data
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:  # reads the header only
-        return im.size
-
-
 def load_coco(
     annotations: str | Path,
     images_dir: str | Path,
@@ -86,6 +80,7 @@ def load_coco(
     on_error: str = "skip",
     check_images: bool = True,
     problems: Problems | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[AnnotatedImage]:
     """Read a COCO-style file; returns the images with their valid objects, in file order.
 
@@ -95,7 +90,8 @@ def load_coco(
     """
     if on_error not in ("skip", "stop"):
         raise ValueError("on_error must be 'skip' or 'stop'")
-    ann_path, images_dir = Path(annotations), Path(images_dir)
+    # absolute, so that later stages find the images from any working directory
+    ann_path, images_dir = Path(annotations), Path(images_dir).resolve()
     problems = problems if problems is not None else Problems()
     data = _load_json(ann_path)
 
@@ -123,13 +119,11 @@ def load_coco(
         path = images_dir / rec["file_name"]
         size = (rec.get("width"), rec.get("height"))
         if check_images:
-            if not path.exists():
-                report("missing image file", f"image {rec['id']!r}: file not found: {path}")
-                continue
             try:
-                actual = _image_size(path)
-            except (UnidentifiedImageError, OSError) as e:
-                report("unreadable image", f"image {rec['id']!r}: cannot read {path}: {e}")
+                actual = image_size(path, max_pixels)  # the header only: regions need no pixels
+            except ImageProblem as e:
+                kind = {"image missing": "missing image file", "image too large": "image too large"}.get(e.kind, "unreadable image")
+                report(kind, f"image {rec['id']!r}: {e.detail}")
                 continue
             if None not in size and tuple(size) != actual:
                 report("size mismatch", f"image {rec['id']!r}: annotated {size[0]}x{size[1]} but {path} is {actual[0]}x{actual[1]}; using the file's size")

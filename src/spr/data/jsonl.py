@@ -8,6 +8,7 @@ the writer cuts it off when it reopens the file, and readers report it instead o
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TypeVar
 from .records import Record, RecordError
 
 R = TypeVar("R", bound=Record)
+log = logging.getLogger(__name__)
 
 
 class JsonlError(ValueError):
@@ -70,6 +72,15 @@ def read_records(
     return out
 
 
+def count_records(path: str | Path) -> int:
+    """Non-empty lines of ``path`` (0 when it does not exist): how many records a stage wrote."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def write_jsonl(path: str | Path, records: Iterable[Record | dict]) -> int:
     """Write records to ``path`` atomically (temporary file, then rename). Returns the count."""
     path = Path(path)
@@ -101,6 +112,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ids: set[str] = set()
         self.dropped_partial = False
+        self.repaired = 0
         if self.path.exists() and not resume:
             self.path.unlink()
         if self.path.exists():
@@ -113,13 +125,35 @@ class JsonlWriter:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             # A killed writer left half a line: cut it, its record will be written again.
-            keep = data.rfind(b"\n") + 1
             with self.path.open("r+b") as f:
-                f.truncate(keep)
+                f.truncate(data.rfind(b"\n") + 1)
             self.dropped_partial = True
-        for obj in iter_jsonl(self.path, skip_bad=True):
+        keep, bad = [], []
+        for lineno, raw in enumerate(self.path.read_bytes().split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                bad.append(f"line {lineno}: {e}")
+                continue
             if "id" in obj:
+                if str(obj["id"]) in self.ids:
+                    bad.append(f"line {lineno}: a second record with id {obj['id']!r}")
+                    continue
                 self.ids.add(str(obj["id"]))
+            keep.append(raw)
+        if bad:
+            # A torn line in the middle (a crash, a disk error) is written again, so it goes, or the file would
+            # hold an unreadable line forever; a repeated id (two writers before locks existed) keeps the first.
+            log.warning("%s: %d unreadable or repeated line(s) removed; missing records are written again (%s)",
+                        self.path, len(bad), "; ".join(bad[:3]))  # fmt: skip
+            self.repaired = len(bad)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(b"".join(r + b"\n" for r in keep))
+            os.replace(tmp, self.path)
 
     def has(self, record_id: str) -> bool:
         return record_id in self.ids
@@ -157,20 +191,127 @@ def shard_path(path: str | Path, rank: int, world_size: int) -> Path:
     return path.with_name(f"{path.stem}.shard{rank:02d}-of-{world_size:02d}{path.suffix}")
 
 
-def merge_shards(path: str | Path, world_size: int) -> int:
-    """Merge the shard files of ``path`` into ``path`` (keeping records already there), without duplicate ids,
-    then delete the shards. Returns the number of records in ``path``."""
+def reorder(path: str | Path, order: list[str]) -> None:
+    """Rewrite ``path`` with its records in the order of their ids in ``order`` (others after them, as they
+    were), atomically: the file of a sharded or resumed run then reads like that of one uninterrupted run."""
     path = Path(path)
+    rank = {rid: i for i, rid in enumerate(order)}
+    lines = [raw for raw in path.read_bytes().split(b"\n") if raw.strip()]
+    keyed = sorted(enumerate(lines), key=lambda il: (rank.get(str(json.loads(il[1]).get("id")), len(rank)), il[0]))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(line + b"\n" for _, line in keyed))
+    os.replace(tmp, path)
+
+
+def shards_of(path: str | Path) -> list[Path]:
+    """Every shard file of ``path``, whatever process count wrote it."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{path.stem}.shard*-of-*{path.suffix}"))
+
+
+def ids_in(paths) -> set[str]:
+    """The record ids in the files ``paths`` that exist (unreadable lines skipped)."""
+    ids: set[str] = set()
+    for p in paths:
+        if Path(p).exists():
+            ids.update(str(o["id"]) for o in iter_jsonl(p, skip_bad=True) if "id" in o)
+    return ids
+
+
+def merge_shards(path: str | Path) -> int:
+    """Merge every shard file of ``path`` into ``path`` (keeping records already there) without duplicate
+    ids, then delete the shards. Returns the number of records in ``path``."""
+    path = Path(path)
+    shards = shards_of(path)
     with JsonlWriter(path) as w:
-        for rank in range(world_size):
-            shard = shard_path(path, rank, world_size)
-            if shard == path or not shard.exists():
-                continue
+        for shard in shards:
             for obj in iter_jsonl(shard, skip_bad=True):
                 w.write(obj)
         total = len(w.ids)
-    for rank in range(world_size):
-        shard = shard_path(path, rank, world_size)
-        if shard != path and shard.exists():
-            shard.unlink()
+    for shard in shards:
+        shard.unlink()
     return total
+
+
+# ------------------------------------------------------------------------------ files committed together
+
+
+def manifest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".manifest.json")
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def commit_together(files: dict[Path, Iterable], manifest: Path, owner: Path) -> None:
+    """Write several record files that belong together (pairs.jsonl and its DPO rows) so that a reader can
+    always tell whether they do: ``manifest`` says "writing" while the files are replaced one by one, then
+    names ``owner`` and every file's hash. A kill in between leaves "writing", which :func:`check_manifest`
+    refuses. A manifest of another owner is refused here, so two outputs never overwrite each other's rows."""
+    import json as _json
+
+    owner = Path(owner)
+    if manifest.exists():
+        try:
+            old = _json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if old.get("owner") not in (None, owner.name):
+            raise_for_owner(manifest, old["owner"], owner)
+    _write_manifest(manifest, {"state": "writing", "owner": owner.name})
+    for path, records in files.items():
+        write_jsonl(path, records)
+    _write_manifest(manifest, {"state": "complete", "owner": owner.name,
+                               "files": {p.name: file_sha256(p) for p in files}})  # fmt: skip
+
+
+def raise_for_owner(manifest: Path, other: str, owner: Path):
+    from ..errors import UserError
+
+    raise UserError(
+        f"{manifest.parent}: its DPO rows belong to {other} ({manifest.name}); writing those of {owner.name} "
+        "there would overwrite them: give another --dpo-out"
+    )
+
+
+def _write_manifest(manifest: Path, data: dict) -> None:
+    import json as _json
+
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(_json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, manifest)
+
+
+def check_manifest(path: str | Path) -> str | None:
+    """Why the file ``path`` cannot be trusted as a member of its manifest (None when it can, or when it has
+    no manifest: a file written by hand)."""
+    import json as _json
+
+    path = Path(path)
+    manifest = manifest_path(path)
+    if not manifest.exists():
+        return None
+    try:
+        data = _json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{manifest} is unreadable ({e})"
+    if data.get("state") != "complete":
+        return f"{manifest} says the files were being written when the process stopped"
+    expected = (data.get("files") or {}).get(path.name)
+    if expected is None:
+        return f"{manifest} does not list {path.name}"
+    if file_sha256(path) != expected:
+        return f"{path.name} changed after {data.get('owner')} was written with it"
+    for name, sha in (data.get("files") or {}).items():
+        other = path.with_name(name)
+        if other != path and other.exists() and file_sha256(other) != sha:
+            return f"{name} changed after {path.name} was written with it"
+    return None

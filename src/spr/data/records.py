@@ -42,12 +42,6 @@ class Record:
 
 
 @dataclass
-class RegionObject:
-    label: str
-    box: Box
-
-
-@dataclass
 class Region(Record):
     """A query region: several annotated objects and the box that unites them."""
 
@@ -59,6 +53,26 @@ class Region(Record):
     objects: list[dict]  # [{"label": str, "box": [x1, y1, x2, y2]}]
     source: str = ""  # where the region came from, e.g. "coco:instances_val2017.json:image=139"
     image_id: Any = None
+
+    def __post_init__(self):
+        def four_numbers(v) -> bool:
+            return isinstance(v, list | tuple) and len(v) == 4 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in v
+            )
+
+        where = f"region record {self.id!r}"
+        if not isinstance(self.image, str):
+            raise RecordError(f"{where}: 'image' must be a path, got {self.image!r}")
+        size = self.image_size
+        if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise RecordError(f"{where}: 'image_size' must be [width, height], got {size!r}")
+        if not four_numbers(self.region_box):
+            raise RecordError(f"{where}: 'region_box' must be four numbers, got {self.region_box!r}")
+        if not isinstance(self.objects, list):
+            raise RecordError(f"{where}: 'objects' must be a list, got {type(self.objects).__name__}")
+        for i, o in enumerate(self.objects):
+            if not (isinstance(o, dict) and "label" in o and four_numbers(o.get("box"))):
+                raise RecordError(f"{where}: objects[{i}] must be {{label, box: [x1, y1, x2, y2]}}, got {o!r:.80}")
 
 
 @dataclass
@@ -78,6 +92,7 @@ class Candidate(Record):
     problems: list[str] = field(default_factory=list)  # what the codec could not read
     fmt: str = ""  # box codec the text is written in
     geometry: dict = field(default_factory=dict)  # codec geometry (e.g. resized input size) for re-rendering
+    pixel_budget: dict = field(default_factory=dict)  # the processor's {min_pixels, max_pixels} when it has one
     image: str = ""  # the image the prompt showed (the crop path is not stored: crops are recomputed)
     crop_box: Box | None = None  # set when the prompt showed only this part of the image
 
@@ -105,7 +120,7 @@ class Score(Record):
 
 @dataclass
 class Pair(Record):
-    """A preference pair: best refined candidate against worst original candidate of one region."""
+    """A preference pair: two answers to one prompt of one region, chosen and rejected by a pairing rule."""
 
     kind: ClassVar[str] = "pair"
     id: str
@@ -122,6 +137,10 @@ class Pair(Record):
     crop_box: Box | None = None
     chosen_groundings: list[dict] = field(default_factory=list)
     rejected_groundings: list[dict] = field(default_factory=list)
+    rule: str = "paper"  # the pairing rule that made it (spr.pairs)
+    fmt: str = ""  # box format of both texts
+    geometry: dict = field(default_factory=dict)  # codec geometry of the view the prompt showed
+    pixel_budget: dict = field(default_factory=dict)  # the processor's pixel budget the texts were written under
 
     @property
     def margin(self) -> float:

@@ -14,12 +14,14 @@ import io
 import logging
 import re
 import shutil
-from pathlib import Path
+from dataclasses import dataclass
 
 from spr import formats
+from spr.config import opt, required
 
-from . import common, readers
-from .generation import load_adapter, parse_boxes, run_predictions
+from . import readers
+from .generation import parse_boxes
+from .task import EvalConfig, Metric, Task, register_task
 
 log = logging.getLogger(__name__)
 
@@ -129,91 +131,62 @@ def region_prompt(adapter, box, image_size, template: str = DEFAULT_PROMPT) -> s
     return template.format(box=box_text)
 
 
-def caption_split_metrics(preds: list[dict], splits=None) -> tuple[dict, list[str]]:
-    metrics, problems = _metrics_of(preds)
-    result = {"task": "caption", **metrics, "splits": {}}
-    by_split: dict[str, list[dict]] = {}
-    for p in preds:
-        by_split.setdefault(str(p.get("split", "all")), []).append(p)
-    if len(by_split) > 1:
-        for name in sorted(by_split):
-            result["splits"][name], _ = _metrics_of(by_split[name])
-    else:
-        result["splits"] = {name: dict(metrics) for name in by_split}
-    for name in common.missing_splits(splits, by_split):
-        result["splits"][name] = {"n": 0, **{m: None for m in METRICS}, "missing": True}
-    return result, problems
+@dataclass
+class CaptionConfig(EvalConfig):
+    """`spr eval caption`: region captioning."""
+
+    data: str = opt(required, "region caption JSONL: {id, image, box, captions, split} per line")
+    prompt: str = opt(DEFAULT_PROMPT, "prompt template; {box} is the region in the model's box format")
+    max_new_tokens: int = opt(32, "answer length limit, in tokens")
 
 
-def _metrics_of(preds: list[dict]) -> tuple[dict, list[str]]:
-    refs = {p["id"]: p["references"] for p in preds}
-    hyps = {p["id"]: p.get("caption") or "" for p in preds}
-    metrics, problems = caption_metrics(refs, hyps)
-    metrics["image_fail"] = (
-        sum(p.get("status") == "image_error" for p in preds) / len(preds) if preds else None
-    )
-    return metrics, problems
+class CaptionTask(Task):
+    name = "caption"
+    HELP = "Region captioning: BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap)."
+    Config = CaptionConfig
+    metrics = (*(Metric(m) for m in METRICS), Metric("image_fail", higher_is_better=False))
+    caption = "corpus-level scores against every reference caption of a region; box text is removed from answers"
 
+    def read(self, config, problems):
+        return readers.read_captions(config.data, config.splits, problems)
 
-def predict(adapter, samples, writer, batch_size=8, max_new_tokens=32, template: str = DEFAULT_PROMPT) -> int:
-    def record_of(s, text, image_size, error):
-        status = "image_error" if error else "ok"
-        caption = "" if error else strip_boxes(adapter, text, image_size)
+    def prompt(self, adapter, config, sample, view_size):
+        return region_prompt(adapter, sample.box, view_size, config.prompt)
+
+    def record(self, adapter, config, s, text, image_size, error):
         return {
             "id": s.id,
             "split": s.split,
             "image": s.image,
             "box": list(s.box),
             "references": s.captions,
-            "caption": caption,
+            "caption": "" if error else strip_boxes(adapter, text, image_size),
             "text": text,
-            "status": status,
+            "status": "image_error" if error else "ok",
             "problems": [error] if error else [],
         }
 
-    return run_predictions(
-        adapter,
-        samples,
-        writer,
-        lambda s, size: region_prompt(adapter, s.box, size, template),
-        record_of,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        desc="caption",
-    )
+    def group_metrics(self, preds):
+        return self._scored(preds)[0]
+
+    @staticmethod
+    def _scored(preds) -> tuple[dict, list[str]]:
+        refs = {p["id"]: p["references"] for p in preds}
+        hyps = {p["id"]: p.get("caption") or "" for p in preds}
+        metrics, problems = caption_metrics(refs, hyps)
+        metrics["image_fail"] = sum(p.get("status") == "image_error" for p in preds) / len(preds) if preds else None
+        return metrics, problems
+
+    def aggregate(self, records, config):
+        """As every task's, but each corpus is scored once (METEOR and the PTB tokenizer run java)."""
+        overall, problems = self._scored(records)
+        by_split: dict[str, list[dict]] = {}
+        for r in records:
+            by_split.setdefault(str(r.get("split", "all")), []).append(r)
+        splits = {n: dict(overall) if len(by_split) == 1 else self._scored(g)[0] for n, g in sorted(by_split.items())}
+        for name in [s for s in (config.splits or []) if s not in by_split]:
+            splits[name] = {"n": 0, **{m: None for m in METRICS}, "missing": True}
+        return {"task": self.name, **overall, "splits": splits, "problems": problems}
 
 
-def evaluate(
-    model: str | Path | None,
-    data: str | Path,
-    out: str | Path,
-    *,
-    splits=None,
-    batch_size: int = 8,
-    max_new_tokens: int = 32,
-    limit: int | None = None,
-    family: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    template: str = DEFAULT_PROMPT,
-    adapter=None,
-) -> dict:
-    problems: list[str] = []
-    samples = readers.read_captions(data, splits, problems)
-    if limit is not None:
-        samples = samples[:limit]
-    meta = {"task": "caption", "model": str(model), "data": str(data)}
-    with common.open_run(out, meta, overwrite) as writer:
-        if samples and adapter is None and any(not writer.has(s.id) for s in samples):
-            adapter = load_adapter(model, family=family, device=device)
-        if samples:
-            predict(adapter, samples, writer, batch_size, max_new_tokens, template)
-    wanted = {s.id for s in samples}
-    preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
-    metrics, metric_problems = caption_split_metrics(preds, splits)
-    problems += metric_problems
-    problems += [f"{p['id']}: {m}" for p in preds if p.get("status") == "image_error" for m in p["problems"]]
-    problems = common.missing_split_problems(metrics) + problems
-    metrics.update(model=str(model), data=str(data), problems=problems)
-    common.write_metrics(out, metrics)
-    return metrics
+TASK = register_task(CaptionTask())

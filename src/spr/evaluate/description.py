@@ -17,23 +17,37 @@ counted in ``image_fail``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from spr import boxes as B
 from spr import formats
+from spr.config import opt, required
+from spr.data.images import ImageCache
 from spr.data.jsonl import read_records
 from spr.data.records import Region
 from spr.errors import UserError
 
-from . import common
-from .generation import load_adapter, run_predictions
+from .task import EvalConfig, Metric, Task, register_task
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (0.5, 0.75)
 DEFAULT_PROMPT = "region_box"
+
+
+@dataclass
+class DescriptionConfig(EvalConfig):
+    """`spr eval description`: grounded region descriptions of held-out regions."""
+
+    data: str = opt(required, "regions.jsonl of held-out regions (spr regions)")
+    prompt: str = opt(DEFAULT_PROMPT, "spr.prompts template id or file (one prompt)")
+    semantic: str | None = opt(None, "also score the text with this spr.scoring semantic scorer (labels, clip)")
+    clip_model: str | None = opt(None, "CLIP model directory for --semantic clip")
+    label_model: str | None = opt(None, "sentence-embedding model directory for --semantic labels")
+    batch_size: int = opt(4, "prompts per batch", output=False)
+    max_new_tokens: int = opt(256, "answer length limit, in tokens")
 
 
 def template_for(spec: str | None):
@@ -48,11 +62,7 @@ def template_for(spec: str | None):
 
 def _counts(pred_boxes, ref_boxes) -> dict:
     out = {"n_pred": len(pred_boxes), "n_ref": len(ref_boxes)}
-    ious = (
-        B.iou(pred_boxes, ref_boxes)
-        if pred_boxes and ref_boxes
-        else np.zeros((len(pred_boxes), len(ref_boxes)))
-    )
+    ious = B.iou(pred_boxes, ref_boxes) if pred_boxes and ref_boxes else np.zeros((len(pred_boxes), len(ref_boxes)))
     for t in THRESHOLDS:
         out[f"tp@{t}"] = len(B.hungarian_match(ious, threshold=t))
     return out
@@ -65,50 +75,36 @@ def _prf(tp: int, n_pred: int, n_ref: int) -> tuple[float, float, float]:
     return p, r, f
 
 
-def _group_metrics(preds: list[dict]) -> dict:
-    n = len(preds)
-    out: dict = {"n": n}
-    if n == 0:
-        for t in THRESHOLDS:
-            out.update({f"precision@{t}": None, f"recall@{t}": None, f"f1@{t}": None})
-        out.update(mean_boxes=None, no_box=None, image_fail=None, semantic=None)
-        return out
-    counts = [_counts(p.get("pred_boxes") or [], p.get("ref_boxes") or []) for p in preds]
-    n_pred = sum(c["n_pred"] for c in counts)
-    n_ref = sum(c["n_ref"] for c in counts)
-    for t in THRESHOLDS:
-        p, r, f = _prf(sum(c[f"tp@{t}"] for c in counts), n_pred, n_ref)
-        out.update({f"precision@{t}": p, f"recall@{t}": r, f"f1@{t}": f})
-    out["mean_boxes"] = n_pred / n
-    out["no_box"] = float(np.mean([p.get("status") == "no_box" for p in preds]))
-    out["image_fail"] = float(np.mean([p.get("status") == "image_error" for p in preds]))
-    sem = [p["semantic"] for p in preds if p.get("semantic") is not None]
-    out["semantic"] = float(np.mean(sem)) if sem else None
-    return out
+class DescriptionTask(Task):
+    name = "description"
+    HELP = "Grounded region description: box precision / recall / F1 at IoU 0.5 and 0.75 against the annotations."
+    Config = DescriptionConfig
+    metrics = (
+        Metric("precision@0.5"), Metric("recall@0.5"), Metric("f1@0.5"), Metric("f1@0.75"),
+        Metric("mean_boxes"), Metric("semantic"),
+    )  # fmt: skip
+    caption = "a predicted box is a true positive when matched one-to-one (Hungarian) to an object with IoU >= t"
 
+    def read(self, config, problems):
+        template_for(config.prompt)  # a bad prompt fails before the model loads
+        try:
+            return read_records(config.data, Region, skip_bad=True, problems=problems)
+        except FileNotFoundError:
+            raise UserError(f"{config.data}: no such file (expected regions.jsonl)") from None
 
-def description_metrics(predictions: list[dict]) -> dict:
-    by_split: dict[str, list[dict]] = {}
-    for p in predictions:
-        by_split.setdefault(str(p.get("split", "all")), []).append(p)
-    metrics = {"task": "description", **_group_metrics(predictions), "splits": {}}
-    for name in sorted(by_split):
-        metrics["splits"][name] = _group_metrics(by_split[name])
-    return metrics
+    def _rendered(self, adapter, config, region):
+        from spr import prompts
 
+        return prompts.render(template_for(config.prompt), region, adapter.fmt, adapter.geometry)
 
-def predict(adapter, regions: list[Region], writer, batch_size=4, max_new_tokens=256, template=None) -> int:
-    from spr import prompts
+    def prompt(self, adapter, config, region, view_size):
+        return self._rendered(adapter, config, region).text
 
-    template = template or template_for(None)
-    rendered = {r.id: prompts.render(template, r, adapter.fmt, adapter.geometry) for r in regions}
+    def view(self, adapter, config, region, image):
+        return self._rendered(adapter, config, region).view_image(image)
 
-    def view_of(r: Region, image):
-        crop = rendered[r.id].crop_box
-        return image.crop(tuple(crop)) if crop else image
-
-    def record_of(r: Region, text, view_size, error):
-        rp = rendered[r.id]
+    def record(self, adapter, config, r, text, view_size, error):
+        rp = self._rendered(adapter, config, r)
         rec = {
             "id": r.id,
             "split": "all",
@@ -125,35 +121,46 @@ def predict(adapter, regions: list[Region], writer, batch_size=4, max_new_tokens
         }
         if not error:
             parsed = formats.parse(text, adapter.fmt, image_size=view_size, **adapter.geometry(view_size))
-            dx, dy = (rp.crop_box[0], rp.crop_box[1]) if rp.crop_box else (0, 0)
-            groundings = []
-            for g in parsed:
-                d = g.to_dict()
-                d["box"] = [d["box"][0] + dx, d["box"][1] + dy, d["box"][2] + dx, d["box"][3] + dy]
-                groundings.append(d)
-            rec["groundings"] = groundings
-            rec["pred_boxes"] = [g["box"] for g in groundings]
+            rec["groundings"] = rp.groundings_to_original(parsed)
+            rec["pred_boxes"] = [g["box"] for g in rec["groundings"]]
             rec["problems"] = list(parsed.problems)
             if not parsed:
                 rec["status"] = "no_box"
         return rec
 
-    return run_predictions(
-        adapter,
-        regions,
-        writer,
-        lambda r, size: rendered[r.id].text,
-        record_of,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        desc="description",
-        view_of=view_of,
-    )
+    def group_metrics(self, preds):
+        n = len(preds)
+        out: dict = {"n": n}
+        if n == 0:
+            for t in THRESHOLDS:
+                out.update({f"precision@{t}": None, f"recall@{t}": None, f"f1@{t}": None})
+            out.update(mean_boxes=None, no_box=None, image_fail=None, semantic=None)
+            return out
+        counts = [_counts(p.get("pred_boxes") or [], p.get("ref_boxes") or []) for p in preds]
+        n_pred = sum(c["n_pred"] for c in counts)
+        n_ref = sum(c["n_ref"] for c in counts)
+        for t in THRESHOLDS:
+            p, r, f = _prf(sum(c[f"tp@{t}"] for c in counts), n_pred, n_ref)
+            out.update({f"precision@{t}": p, f"recall@{t}": r, f"f1@{t}": f})
+        out["mean_boxes"] = n_pred / n
+        out["no_box"] = float(np.mean([p.get("status") == "no_box" for p in preds]))
+        out["image_fail"] = float(np.mean([p.get("status") == "image_error" for p in preds]))
+        sem = [p["semantic"] for p in preds if p.get("semantic") is not None]
+        out["semantic"] = float(np.mean(sem)) if sem else None
+        return out
+
+    def aggregate(self, records, config):
+        problems: list[str] = []
+        if config.semantic:
+            regions = {r.id: r for r in read_records(config.data, Region, skip_bad=True)}
+            options = {k: v for k, v in (("clip_model", config.clip_model), ("label_model", config.label_model)) if v}
+            add_semantic_scores(records, regions, config.semantic, problems, device=config.device, **options)
+        metrics = super().aggregate(records, config)
+        metrics["problems"] = problems
+        return metrics
 
 
-def add_semantic_scores(
-    preds: list[dict], regions: dict[str, Region], scorer: str, problems: list[str], **options
-):
+def add_semantic_scores(preds: list[dict], regions: dict[str, Region], scorer: str, problems: list[str], **options):
     """Fill ``semantic`` of each prediction with the ``spr.scoring`` semantic scorer named ``scorer`` (as
     ``spr score`` computes it). A scorer that cannot be built is reported and the box metrics stand."""
     from spr import scoring
@@ -165,7 +172,7 @@ def add_semantic_scores(
     except Exception as e:  # a scorer model that cannot load must not lose the box metrics
         problems.append(f"semantic score skipped: {type(e).__name__}: {e}")
         return
-    images = common.ImageCache(size=2)
+    images = ImageCache(size=2)
     for p in preds:
         region = regions.get(p["id"])
         if region is None or p.get("status") == "image_error":
@@ -185,43 +192,4 @@ def add_semantic_scores(
         p["semantic"] = float(sem.score(state, [item])[0])
 
 
-def evaluate(
-    model: str | Path | None,
-    data: str | Path,
-    out: str | Path,
-    *,
-    batch_size: int = 4,
-    max_new_tokens: int = 256,
-    limit: int | None = None,
-    family: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    semantic: str | None = None,
-    semantic_options: dict | None = None,
-    prompt: str | None = None,
-    adapter=None,
-) -> dict:
-    problems: list[str] = []
-    template = template_for(prompt)
-    try:
-        regions = read_records(data, Region, skip_bad=True, problems=problems)
-    except FileNotFoundError:
-        raise UserError(f"{data}: no such file (expected regions.jsonl)") from None
-    if limit is not None:
-        regions = regions[:limit]
-    meta = {"task": "description", "model": str(model), "data": str(data), "prompt": template.id}
-    with common.open_run(out, meta, overwrite) as writer:
-        if regions and adapter is None and any(not writer.has(r.id) for r in regions):
-            adapter = load_adapter(model, family=family, device=device)
-        if regions:
-            predict(adapter, regions, writer, batch_size, max_new_tokens, template)
-    wanted = {r.id for r in regions}
-    preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
-    if semantic:
-        by_id = {r.id: r for r in regions}
-        add_semantic_scores(preds, by_id, semantic, problems, device=device, **(semantic_options or {}))
-    metrics = description_metrics(preds)
-    problems += [f"{p['id']}: {m}" for p in preds if p.get("status") == "image_error" for m in p["problems"]]
-    metrics.update(model=str(model), data=str(data), problems=problems)
-    common.write_metrics(out, metrics)
-    return metrics
+TASK = register_task(DescriptionTask())

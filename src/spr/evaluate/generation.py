@@ -5,13 +5,6 @@ from __future__ import annotations
 from spr import formats
 
 
-def load_adapter(model_dir, family: str | None = None, device: str = "cpu", trust_remote_code: bool = False):
-    """The model adapter for ``model_dir`` (imported here so that metric-only code does not pay for torch)."""
-    from spr import models
-
-    return models.load(str(model_dir), family=family, device=device, trust_remote_code=trust_remote_code)
-
-
 def greedy_generate(adapter, images: list, prompts: list[str], max_new_tokens: int) -> list[str]:
     """One greedy answer per (image, prompt), in one left-padded batch."""
     inputs = adapter.build_inputs(images, prompts, add_generation_prompt=True)
@@ -22,6 +15,11 @@ def greedy_generate(adapter, images: list, prompts: list[str], max_new_tokens: i
 def parse_boxes(adapter, text: str, image_size: tuple[int, int]):
     """Groundings in ``text`` (original-image pixels) read with the family's codec; never raises."""
     return formats.parse(text, adapter.fmt, image_size=image_size, **adapter.geometry(image_size))
+
+
+def batched(items, size: int):
+    for i in range(0, len(items), max(1, size)):
+        yield items[i : i + size]
 
 
 def run_predictions(
@@ -35,6 +33,8 @@ def run_predictions(
     max_new_tokens: int = 64,
     desc: str = "eval",
     view_of=None,
+    progress: bool = True,
+    max_pixels: int | None = None,
 ) -> int:
     """Generate for every sample whose id is not yet in ``writer`` and append ``record_of(...)`` for each.
 
@@ -44,12 +44,12 @@ def run_predictions(
     """
     from tqdm import tqdm
 
-    from .common import ImageCache, batched
+    from spr.data.images import DEFAULT_MAX_PIXELS, ImageCache
 
     todo = [s for s in samples if not writer.has(s.id)]
-    images = ImageCache()
+    images = ImageCache(max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     written = 0
-    bar = tqdm(total=len(todo), desc=desc, unit="sample", disable=not todo)
+    bar = tqdm(total=len(todo), desc=desc, unit="sample", disable=not (todo and progress) or None)
     for batch in batched(todo, batch_size):
         ready, views = [], []
         for s in batch:

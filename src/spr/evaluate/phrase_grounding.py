@@ -12,17 +12,26 @@ Metrics over all phrases, per split and per phrase type (people, clothing, ...).
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from spr import boxes as B
+from spr.config import opt, required
 
-from . import common
 from .flickr30k import PhraseSample, read_flickr30k
-from .generation import load_adapter, parse_boxes, run_predictions
+from .generation import parse_boxes
+from .task import EvalConfig, Metric, Task, register_task
 
 THRESHOLD = 0.5
+
+
+@dataclass
+class GroundingConfig(EvalConfig):
+    """`spr eval grounding`: phrase grounding in the Flickr30k Entities layout."""
+
+    data: str = opt(required, "Flickr30k Entities root (Sentences/, Annotations/, optional <split>.txt lists)")
+    images: str | None = opt(None, "image directory", default_text="DATA/flickr30k-images or DATA/images")
 
 
 def _correct(pred_box, gt_boxes) -> tuple[bool, bool]:
@@ -31,40 +40,6 @@ def _correct(pred_box, gt_boxes) -> tuple[bool, bool]:
     ious = B.iou([pred_box], gt_boxes)[0]
     merged = B.iou([pred_box], [B.union_box(gt_boxes)])[0, 0]
     return bool(ious.max() >= THRESHOLD), bool(merged >= THRESHOLD)
-
-
-def _group_metrics(preds: list[dict]) -> dict:
-    n = len(preds)
-    if n == 0:
-        return {"n": 0, "recall@1_any": None, "recall@1_merged": None, "parse_fail": None, "image_fail": None}
-    hits = np.array([_correct(p.get("pred_box"), p.get("gt_boxes")) for p in preds], dtype=bool).reshape(
-        -1, 2
-    )
-    return {
-        "n": n,
-        "recall@1_any": float(hits[:, 0].mean()),
-        "recall@1_merged": float(hits[:, 1].mean()),
-        "parse_fail": float(np.mean([p.get("status") == "no_box" for p in preds])),
-        "image_fail": float(np.mean([p.get("status") == "image_error" for p in preds])),
-    }
-
-
-def grounding_metrics(predictions: list[dict], splits=None) -> dict:
-    """Recall@1 (ANY-BOX and MERGED-BOX) over all, per split and per phrase type."""
-    by_split: dict[str, list[dict]] = {}
-    by_type: dict[str, list[dict]] = {}
-    for p in predictions:
-        by_split.setdefault(str(p.get("split", "all")), []).append(p)
-        for t in p.get("phrase_type") or ["other"]:
-            by_type.setdefault(t, []).append(p)
-    metrics = {"task": "grounding", **_group_metrics(predictions), "splits": {}, "types": {}}
-    for name in sorted(by_split):
-        metrics["splits"][name] = _group_metrics(by_split[name])
-    for name in common.missing_splits(splits, by_split):
-        metrics["splits"][name] = {**_group_metrics([]), "missing": True}
-    for name in sorted(by_type):
-        metrics["types"][name] = _group_metrics(by_type[name])
-    return metrics
 
 
 def _record(s: PhraseSample, box, text, status, problems) -> dict:
@@ -83,10 +58,25 @@ def _record(s: PhraseSample, box, text, status, problems) -> dict:
     }
 
 
-def predict(
-    adapter, samples: list[PhraseSample], writer, batch_size: int = 8, max_new_tokens: int = 64
-) -> int:
-    def record_of(s, text, image_size, error):
+class GroundingTask(Task):
+    name = "grounding"
+    HELP = "Phrase grounding in the Flickr30k Entities layout: recall@1 under the ANY-BOX and MERGED-BOX protocols."
+    Config = GroundingConfig
+    metrics = (
+        Metric("recall@1_any"),
+        Metric("recall@1_merged"),
+        Metric("parse_fail", higher_is_better=False),
+        Metric("image_fail", higher_is_better=False),
+    )
+    caption = "recall@1: the answer's first box has IoU >= 0.5 with one of the entity's boxes (any) or their union (merged)"
+
+    def read(self, config, problems):
+        return read_flickr30k(config.data, config.images, config.splits, problems)
+
+    def prompt(self, adapter, config, sample, view_size):
+        return adapter.rec_prompt(sample.phrase)
+
+    def record(self, adapter, config, s, text, image_size, error):
         if error:
             return _record(s, None, "", "image_error", [error])
         parsed = parse_boxes(adapter, text, image_size)
@@ -94,48 +84,28 @@ def predict(
         problems = list(parsed.problems) + ([] if parsed else ["no box in the answer"])
         return _record(s, box, text, "ok" if box else "no_box", problems)
 
-    return run_predictions(
-        adapter,
-        samples,
-        writer,
-        lambda s, size: adapter.rec_prompt(s.phrase),
-        record_of,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        desc="grounding",
-    )
+    def group_metrics(self, preds):
+        n = len(preds)
+        if n == 0:
+            return {"n": 0, "recall@1_any": None, "recall@1_merged": None, "parse_fail": None, "image_fail": None}
+        hits = np.array([_correct(p.get("pred_box"), p.get("gt_boxes")) for p in preds], dtype=bool).reshape(-1, 2)
+        return {
+            "n": n,
+            "recall@1_any": float(hits[:, 0].mean()),
+            "recall@1_merged": float(hits[:, 1].mean()),
+            "parse_fail": float(np.mean([p.get("status") == "no_box" for p in preds])),
+            "image_fail": float(np.mean([p.get("status") == "image_error" for p in preds])),
+        }
+
+    def aggregate(self, records, config):
+        """Per split as every task, and per phrase type (people, clothing, ...)."""
+        metrics = super().aggregate(records, config)
+        by_type: dict[str, list[dict]] = {}
+        for r in records:
+            for t in r.get("phrase_type") or ["other"]:
+                by_type.setdefault(t, []).append(r)
+        metrics["types"] = {name: self.group_metrics(by_type[name]) for name in sorted(by_type)}
+        return metrics
 
 
-def evaluate(
-    model: str | Path | None,
-    data: str | Path,
-    out: str | Path,
-    *,
-    images: str | Path | None = None,
-    splits=None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    limit: int | None = None,
-    family: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    adapter=None,
-) -> dict:
-    problems: list[str] = []
-    samples = read_flickr30k(data, images, splits, problems)
-    if limit is not None:
-        samples = samples[:limit]
-    meta = {"task": "grounding", "model": str(model), "data": str(data)}
-    with common.open_run(out, meta, overwrite) as writer:
-        if samples and adapter is None and any(not writer.has(s.id) for s in samples):
-            adapter = load_adapter(model, family=family, device=device)
-        if samples:
-            predict(adapter, samples, writer, batch_size, max_new_tokens)
-    wanted = {s.id for s in samples}
-    preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
-    metrics = grounding_metrics(preds, splits)
-    problems += [f"{p['id']}: {m}" for p in preds if p.get("status") == "image_error" for m in p["problems"]]
-    problems = common.missing_split_problems(metrics) + problems
-    metrics.update(model=str(model), data=str(data), problems=problems)
-    common.write_metrics(out, metrics)
-    return metrics
+TASK = register_task(GroundingTask())

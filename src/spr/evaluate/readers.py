@@ -5,11 +5,17 @@
 - Referring expressions, the RefCOCO "refer" layout: ``refs(unc).p`` (a pickle, loaded with
   :mod:`spr.evaluate.safe_pickle`) beside ``instances.json`` (COCO boxes ``[x, y, w, h]``); one sample per
   sentence.
+- Referring expressions, lmms-lab's RefCOCO / RefCOCO+ / RefCOCOg parquet files (images embedded):
+  :mod:`spr.evaluate.layouts_parquet`.
+- Referring expressions, Ref-L4 (``ref-l4-<split>.parquet`` or the same records as a JSON list):
+  :mod:`spr.evaluate.refl4`.
 - Region captions, JSONL: ``{"id", "image", "box": [..], "captions": [str, ...], "split"}``.
 
-Records that cannot be used (missing fields, degenerate boxes, unknown annotation ids) are skipped and reported
-into ``problems`` with the file and record named; readers raise :class:`~spr.errors.UserError` only when the
-file itself cannot be read.
+:func:`read_rec` tells the referring expression layouts apart by what the path holds (see
+:func:`rec_layout`). Records that cannot be used (missing fields, degenerate boxes, unknown annotation ids,
+undecodable images, ids given twice) are skipped and reported into ``problems`` with the file and record
+named; readers raise :class:`~spr.errors.UserError` only when the file itself cannot be read (or is not the
+layout it looks like: a parquet file without a required column).
 
 Relative image paths are taken relative to the working directory when that file exists, otherwise relative to
 the data file's directory.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spr import boxes as B
 from spr.data.jsonl import iter_jsonl
@@ -39,6 +46,13 @@ class RecSample:
     expression: str
     box: Box
     split: str = "all"
+    file_name: str | None = None
+    """The image's name in the benchmark, where the image path does not carry it (images embedded in parquet
+    are cached under their hash): the train/eval overlap check compares names."""
+    source_id: Any = None
+    """The annotation id as the benchmark spells it (Ref-L4's submission file wants its integer ids)."""
+    benchmark: str = ""
+    """Set where a benchmark-specific output applies (``"ref-l4"``: the submission file)."""
 
 
 @dataclass
@@ -157,6 +171,11 @@ def read_refer(
         raise UserError(f"{instances_file}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{instances_file}: not valid JSON: {e}") from None
+    if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
+        raise UserError(
+            f"{instances_file}: expected a COCO object with 'images' and 'annotations' lists, got "
+            f"{type(instances).__name__}"
+        )
     anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict)}
     images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict)}
     images_dir = Path(images_dir) if images_dir else refs_file.parent / "images"
@@ -215,24 +234,89 @@ def is_refer_layout(path: str | Path) -> bool:
     return path.is_dir() and any(path.glob("refs(*).p"))
 
 
+LAYOUTS = ("jsonl", "refer", "lmms-lab", "ref-l4")
+
+
+def rec_layout(path: str | Path) -> tuple[str, list[Path]]:
+    """Which referring expression layout ``path`` holds, and its files:
+
+    - a directory with ``refs(*).p``, or a ``.p`` file: ``refer``;
+    - a ``.parquet`` file, or a directory with ``*.parquet`` files (any depth): ``ref-l4`` when the files have
+      Ref-L4's columns (``caption``, ``bbox``, ``file_name``, no ``image``), else ``lmms-lab``;
+    - a ``.json`` file holding a list of Ref-L4 annotations: ``ref-l4``;
+    - any other file: the simple REC ``jsonl`` layout.
+    """
+    from . import layouts_parquet as LP
+    from . import refl4
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if is_refer_layout(path):
+        return "refer", [path]
+    if path.is_file() and path.suffix.lower() == ".json" and refl4.is_refl4_json(path):
+        return "ref-l4", [path]
+    files = LP.parquet_files(path) if (path.is_dir() or path.suffix.lower() == ".parquet") else []
+    if files:
+        kinds = {f: ("ref-l4" if refl4.is_refl4_columns(LP.columns_of(f)) else "lmms-lab") for f in files}
+        if len(set(kinds.values())) > 1:
+            raise UserError(
+                f"{path}: holds parquet files of two layouts (Ref-L4: "
+                f"{', '.join(f.name for f, k in kinds.items() if k == 'ref-l4')}; lmms-lab: "
+                f"{', '.join(f.name for f, k in kinds.items() if k == 'lmms-lab')}); give one of them"
+            )
+        return next(iter(kinds.values())), files
+    if path.is_dir():
+        raise UserError(
+            f"{path}: a directory with neither refs(*).p (the RefCOCO 'refer' layout) nor *.parquet files "
+            "(lmms-lab RefCOCO, Ref-L4); give one of those, a Ref-L4 JSON file or a REC JSONL file"
+        )
+    return "jsonl", [path]
+
+
 def read_rec(
     path: str | Path,
     images_dir: str | Path | None = None,
     split_by: str | None = None,
     splits=None,
     problems: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
 ) -> list[RecSample]:
-    """Referring expressions from either layout (the refer layout when ``path`` holds a refs(*).p file)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    if is_refer_layout(path):
-        return read_refer(path, images_dir, split_by, splits, problems)
-    if path.is_dir():
-        raise UserError(
-            f"{path}: a directory without refs(*).p; give a REC JSONL file or a RefCOCO 'refer' directory"
-        )
-    return read_rec_jsonl(path, splits, problems)
+    """Referring expressions from any supported layout (:func:`rec_layout` decides which). ``cache_dir``
+    receives images the data embeds (lmms-lab parquet) or packs (Ref-L4's images.tar.gz); ``limit`` lets the
+    parquet layouts stop reading early (the runner still takes the first ``limit`` samples). An id given twice
+    is reported and its later samples skipped: predictions are resumed by id."""
+    from . import layouts_parquet, refl4
+
+    problems = problems if problems is not None else []
+    layout, files = rec_layout(path)
+    if layout == "refer":
+        samples = read_refer(path, images_dir, split_by, splits, problems)
+    elif layout == "lmms-lab":
+        samples = layouts_parquet.read_lmms(path, images_dir, splits, problems, cache_dir, limit, files=files)
+    elif layout == "ref-l4":
+        samples = refl4.read_refl4(files, images_dir, splits, problems, cache_dir, limit)
+    else:
+        samples = read_rec_jsonl(path, splits, problems)
+    return unique_ids(samples, problems, str(path))
+
+
+def unique_ids(samples: list, problems: list[str], where: str) -> list:
+    seen: set[str] = set()
+    out = []
+    dup = 0
+    for s in samples:
+        if s.id in seen:
+            dup += 1
+            if dup <= 5:
+                problems.append(f"{where}: id {s.id!r} given more than once; the later sample is skipped")
+            continue
+        seen.add(s.id)
+        out.append(s)
+    if dup > 5:
+        problems.append(f"{where}: {dup} samples in all skipped for an id given before")
+    return out
 
 
 def read_captions(path: str | Path, splits=None, problems: list[str] | None = None) -> list[CaptionSample]:

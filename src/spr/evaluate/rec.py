@@ -2,48 +2,128 @@
 
 Prediction: the family's REC prompt, greedy decoding, batched with left padding; the FIRST box of the answer,
 parsed with the family's codec, in original-image pixels. Per-sample predictions go to ``predictions.jsonl``
-(resumable), then metrics are computed from that file alone:
+(resumable), then metrics are computed from that file alone. The threshold rule is IoU >= t (t included):
 
-- ``acc@t`` for t in 0.5 .. 0.9: fraction of samples whose predicted box has IoU >= t with the referent;
+- ``acc@t`` for t in 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95: fraction of samples whose predicted box has
+  IoU >= t with the referent;
+- ``acc@0.5:0.95``: the mean of acc@t over t = 0.5, 0.55, ..., 0.95 (ten thresholds; COCO's AP-style summary,
+  Ref-L4's "mAcc" and the SPR paper's);
+- ``acc@0.5_<size>``, ``acc@0.5:0.95_<size>`` for the referent's size, by its box area in original pixels:
+  ``small`` < 128², ``medium`` 128² .. 256² (both ends included), ``large`` > 256² (Ref-L4's buckets: its
+  ``sqrt(w * h)`` < 128, <= 256, > 256); ``n_<size>`` counts the samples of each;
 - ``mean_iou``: mean IoU (0 for a miss);
 - ``center_acc``: fraction whose predicted box centre lies inside the referent's box;
 - ``parse_fail``: fraction whose answer held no readable box;
 - ``image_fail``: fraction whose image could not be read.
 
-An answer without a box and an unreadable image are misses (IoU 0), counted and reported, never a crash.
-Metrics are given over all samples and per split (``splits``); a requested split absent from the data appears
-with ``n = 0`` and ``missing: true``.
+Ref-L4's own evaluator counts IoU > t (strictly); the two differ only for an IoU exactly equal to a threshold.
+For Ref-L4 data the run directory also gets ``refl4_predictions.json``, the benchmark's submission form, to
+score with its code. An answer without a box and an unreadable image are misses (IoU 0), counted and
+reported, never a crash. Metrics are given over all samples and per split (``splits``); a requested split
+absent from the data appears with ``n = 0`` and ``missing: true``.
+
+Every metric is a ratio of per-sample sums (:func:`sample_columns`), which is also what ``spr eval compare``
+resamples for its bootstrap intervals.
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import common, readers
-from .generation import load_adapter, parse_boxes, run_predictions
+from spr import boxes as B
+from spr.config import opt, required
 
-log = logging.getLogger(__name__)
+from . import readers, refl4
+from .generation import parse_boxes
+from .task import EvalConfig, Metric, Task, register_task
 
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-METRIC_KEYS = [f"acc@{t}" for t in THRESHOLDS] + ["mean_iou", "center_acc", "parse_fail", "image_fail", "n"]
+THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95)
+COCO_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.5:0.05:0.95
+MACC = "acc@0.5:0.95"
+SIZES = ("small", "medium", "large")
+SMALL_AREA, LARGE_AREA = 128**2, 256**2
+SIZE_METRICS = [f"{m}_{s}" for s in SIZES for m in ("acc@0.5", MACC)]
+METRIC_KEYS = (
+    [f"acc@{t}" for t in THRESHOLDS]
+    + [MACC, "mean_iou", "center_acc", *SIZE_METRICS, "parse_fail", "image_fail", "n"]
+    + [f"n_{s}" for s in SIZES]
+)
 
 
-def paired_iou(a, b) -> np.ndarray:
-    """IoU of a[i] with b[i] for (N, 4) arrays (the diagonal of :func:`spr.boxes.iou`, in O(N))."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a + area_b - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
+@dataclass
+class RecConfig(EvalConfig):
+    """`spr eval rec`: referring expression comprehension."""
+
+    data: str = opt(
+        required,
+        "REC JSONL file; RefCOCO 'refer' directory (refs(unc).p); lmms-lab RefCOCO parquet file or directory; "
+        "Ref-L4 parquet/JSON file or directory",
+    )
+    images: str | None = opt(
+        None, "image directory (refer layout, Ref-L4, parquet rows that give a path)",
+        default_text="DATA/images (Ref-L4: also DATA)",
+    )  # fmt: skip
+    split_by: str | None = opt(None, "refer layout: which refs(<split_by>).p (unc, umd, google)", default_text="the only one")
+    image_cache: str | None = opt(
+        None, "where images embedded in parquet files (and Ref-L4's images.tar.gz) are written, once",
+        default_text="OUT.images, beside the run directory", output=False,
+    )  # fmt: skip
+
+
+def image_cache_dir(config) -> Path | None:
+    if getattr(config, "image_cache", None):
+        return Path(config.image_cache)
+    if not config.out:
+        return None
+    out = Path(config.out)
+    return out.parent / f"{out.name}.images"
+
+
+def size_of(box) -> str:
+    """Ref-L4's size bucket of a box (x1, y1, x2, y2): by area, < 128² small, > 256² large, else medium."""
+    area = max(0.0, float(box[2]) - float(box[0])) * max(0.0, float(box[3]) - float(box[1]))
+    return "small" if area < SMALL_AREA else "large" if area > LARGE_AREA else "medium"
+
+
+def sample_ious(preds: list[dict]) -> np.ndarray:
+    """IoU of each record's predicted box with its referent (0 without a box)."""
+    if not preds:
+        return np.zeros(0)
+    has_box = np.array([p.get("pred_box") is not None for p in preds])
+    gt = np.array([p["gt_box"] for p in preds], dtype=np.float64).reshape(-1, 4)
+    pred = np.array([p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64)
+    return np.where(has_box, B.paired_iou(pred.reshape(-1, 4), gt), 0.0)
+
+
+def sample_columns(preds: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per metric, per-sample (numerator, denominator) arrays: the metric is ``num.sum() / den.sum()``."""
+    n = len(preds)
+    ones = np.ones(n)
+    ious = sample_ious(preds)
+    gt = np.array([p["gt_box"] for p in preds], dtype=np.float64).reshape(-1, 4)
+    has_box = np.array([p.get("pred_box") is not None for p in preds], dtype=bool)
+    pred = np.array([p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64)
+    pred = pred.reshape(-1, 4)
+    cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
+    centre = has_box & (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
+    cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for t in THRESHOLDS:
+        cols[f"acc@{t}"] = ((ious >= t).astype(float), ones)
+    macc = np.mean([ious >= t for t in COCO_THRESHOLDS], axis=0) if n else np.zeros(0)
+    cols[MACC] = (macc, ones)
+    cols["mean_iou"] = (ious, ones)
+    cols["center_acc"] = (centre.astype(float), ones)
+    sizes = np.array([size_of(b) for b in gt])
+    for s in SIZES:
+        mask = (sizes == s).astype(float)
+        cols[f"acc@0.5_{s}"] = ((ious >= 0.5) * mask, mask)
+        cols[f"{MACC}_{s}"] = (macc * mask, mask)
+    cols["parse_fail"] = (np.array([p.get("status") == "no_box" for p in preds], dtype=float), ones)
+    cols["image_fail"] = (np.array([p.get("status") == "image_error" for p in preds], dtype=float), ones)
+    return cols
 
 
 def _group_metrics(preds: list[dict]) -> dict:
@@ -51,42 +131,51 @@ def _group_metrics(preds: list[dict]) -> dict:
     out: dict = {"n": n}
     if n == 0:
         out.update({k: None for k in METRIC_KEYS if k != "n"})
+        out.update({f"n_{s}": 0 for s in SIZES})
         return out
-    has_box = np.array([p.get("pred_box") is not None for p in preds])
-    gt = np.array([p["gt_box"] for p in preds], dtype=np.float64)
-    pred = np.array(
-        [p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64
+    for key, (num, den) in sample_columns(preds).items():
+        out[key] = float(num.sum() / den.sum()) if den.sum() > 0 else None
+    sizes = [size_of(p["gt_box"]) for p in preds]
+    out.update({f"n_{s}": sizes.count(s) for s in SIZES})
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+class RecTask(Task):
+    name = "rec"
+    HELP = "Referring expression comprehension: accuracy at IoU 0.5 ... 0.95, their 0.5:0.95 mean, per box size, mean IoU."  # fmt: skip
+    Config = RecConfig
+    metrics = (
+        *(Metric(f"acc@{t}") for t in THRESHOLDS),
+        Metric(MACC),
+        Metric("mean_iou"),
+        Metric("center_acc"),
+        *(Metric(m) for m in SIZE_METRICS),
+        Metric("parse_fail", higher_is_better=False),
+        Metric("image_fail", higher_is_better=False),
     )
-    ious = np.where(has_box, paired_iou(pred, gt), 0.0)
-    cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
-    centre = has_box & (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
-    for t in THRESHOLDS:
-        out[f"acc@{t}"] = float(np.mean(ious >= t))
-    out["mean_iou"] = float(ious.mean())
-    out["center_acc"] = float(centre.mean())
-    out["parse_fail"] = float(np.mean([p.get("status") == "no_box" for p in preds]))
-    out["image_fail"] = float(np.mean([p.get("status") == "image_error" for p in preds]))
-    return out
+    caption = (
+        "acc@t: share of expressions whose predicted box has IoU >= t with the referent (t included; Ref-L4's "
+        "evaluator uses IoU > t); acc@0.5:0.95: mean of acc@t over t = 0.5, 0.55, ..., 0.95;\n"
+        "_small/_medium/_large: referent box area < 128^2, 128^2..256^2, > 256^2 px (Ref-L4's buckets); "
+        "no box in the answer or an unreadable image = a miss (IoU 0)"
+    )
 
+    def columns(self) -> list[str]:
+        """The printed table (metrics.json has every metric): the per-size 0.5:0.95 means and center_acc are
+        left out to keep it readable."""
+        hidden = {f"{MACC}_{s}" for s in SIZES} | {"center_acc"}
+        return [m.name for m in self.metrics if m.name not in hidden] + ["n"]
 
-def rec_metrics(predictions: list[dict], splits=None) -> dict:
-    """Metrics over all predictions and per split, from prediction records (``gt_box``, ``pred_box`` or None,
-    ``status``, ``split``). IoU is recomputed from the boxes, never read from the records."""
-    by_split: dict[str, list[dict]] = {}
-    for p in predictions:
-        by_split.setdefault(str(p.get("split", "all")), []).append(p)
-    metrics = {"task": "rec", **_group_metrics(predictions), "splits": {}}
-    for name in sorted(by_split):
-        metrics["splits"][name] = _group_metrics(by_split[name])
-    for name in common.missing_splits(splits, by_split):
-        metrics["splits"][name] = {**_group_metrics([]), "missing": True}
-    return metrics
+    def read(self, config, problems):
+        return readers.read_rec(
+            config.data, config.images, config.split_by, config.splits, problems,
+            cache_dir=image_cache_dir(config), limit=config.limit,
+        )  # fmt: skip
 
+    def prompt(self, adapter, config, sample, view_size):
+        return adapter.rec_prompt(sample.expression)
 
-def predict(adapter, samples: list[readers.RecSample], writer, batch_size: int = 8, max_new_tokens: int = 64):
-    """Predict a box for every sample not yet in ``writer`` and append one record per sample."""
-
-    def record_of(s, text, image_size, error):
+    def record(self, adapter, config, s, text, image_size, error):
         if error:
             return _record(s, None, "", "image_error", [error], None)
         parsed = parse_boxes(adapter, text, image_size)
@@ -94,21 +183,22 @@ def predict(adapter, samples: list[readers.RecSample], writer, batch_size: int =
         problems = list(parsed.problems) + ([] if parsed else ["no box in the answer"])
         return _record(s, box, text, "ok" if box else "no_box", problems, image_size)
 
-    return run_predictions(
-        adapter,
-        samples,
-        writer,
-        lambda s, size: adapter.rec_prompt(s.expression),
-        record_of,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        desc="rec",
-    )
+    def group_metrics(self, records):
+        return _group_metrics(records)
+
+    def aggregate(self, records, config):
+        metrics = super().aggregate(records, config)
+        n_nobox = sum(r.get("status") == "no_box" for r in records)
+        metrics["problems"] = [f"{n_nobox} answer(s) held no readable box (counted as misses)"] if n_nobox else []
+        if getattr(config, "out", None) and any(r.get("benchmark") == refl4.BENCHMARK for r in records):
+            path = refl4.write_submission(Path(config.out) / refl4.SUBMISSION_FILE, records)
+            metrics["refl4_submission"] = str(path)
+        return metrics
 
 
 def _record(s, box, text, status, problems, image_size) -> dict:
-    iou = float(paired_iou(box, s.box)[0]) if box is not None else 0.0
-    return {
+    iou = float(B.paired_iou(box, s.box)[0]) if box is not None else 0.0
+    rec = {
         "id": s.id,
         "split": s.split,
         "image": s.image,
@@ -121,50 +211,9 @@ def _record(s, box, text, status, problems, image_size) -> dict:
         "problems": problems,
         "image_size": list(image_size) if image_size else None,
     }
+    if getattr(s, "benchmark", ""):
+        rec.update(benchmark=s.benchmark, source_id=s.source_id)
+    return rec
 
 
-def evaluate(
-    model: str | Path | None,
-    data: str | Path,
-    out: str | Path,
-    *,
-    images: str | Path | None = None,
-    split_by: str | None = None,
-    splits=None,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    limit: int | None = None,
-    family: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    adapter=None,
-) -> dict:
-    """Predict (resumably) and score; writes ``out/predictions.jsonl`` and ``out/metrics.json``."""
-    problems: list[str] = []
-    samples = readers.read_rec(data, images, split_by, splits, problems)
-    if limit is not None:
-        samples = samples[:limit]
-    meta = {"task": "rec", "model": str(model), "data": str(data)}
-    with common.open_run(out, meta, overwrite) as writer:
-        if samples:
-            if adapter is None and any(not writer.has(s.id) for s in samples):
-                adapter = load_adapter(model, family=family, device=device)
-            predict(adapter, samples, writer, batch_size, max_new_tokens)
-    wanted = {s.id for s in samples}
-    preds = [p for p in common.read_predictions(out) if p.get("id") in wanted]
-    metrics = rec_metrics(preds, splits)
-    problems = common.missing_split_problems(metrics) + _summarise(problems, preds)
-    metrics.update(model=str(model), data=str(data), problems=problems)
-    common.write_metrics(out, metrics)
-    return metrics
-
-
-def _summarise(problems: list[str], preds: list[dict]) -> list[str]:
-    out = list(problems)
-    for p in preds:
-        if p.get("status") == "image_error":
-            out.extend(f"{p['id']}: {m}" for m in p.get("problems", []))
-    n_nobox = sum(p.get("status") == "no_box" for p in preds)
-    if n_nobox:
-        out.append(f"{n_nobox} answer(s) held no readable box (counted as misses)")
-    return out
+TASK = register_task(RecTask())

@@ -10,26 +10,7 @@
 from __future__ import annotations
 
 from .base import Codec, Grounding, Parsed
-
-_REGISTRY: dict[str, Codec] = {}
-
-
-def register(codec: Codec) -> Codec:
-    if codec.name in _REGISTRY:
-        raise ValueError(f"box format {codec.name!r} is already registered")
-    _REGISTRY[codec.name] = codec
-    return codec
-
-
-def get(fmt: str) -> Codec:
-    try:
-        return _REGISTRY[fmt]
-    except KeyError:
-        raise KeyError(f"unknown box format {fmt!r}; available: {', '.join(available())}") from None
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
+from .registry import available, get, register
 
 
 def parse(text: str, fmt: str, image_size: tuple[int, int], **geometry) -> Parsed:
@@ -49,6 +30,6 @@ def format_box(box, fmt: str, image_size: tuple[int, int], **geometry) -> str:
     return get(fmt).format_box(box, tuple(image_size), **geometry)
 
 
-from . import codecs as _codecs  # noqa: E402,F401  (registers the built-in formats)
+from . import codecs as _codecs  # noqa: E402,F401  (imports every codec module; each registers itself)
 
 __all__ = ["Codec", "Grounding", "Parsed", "available", "format_box", "get", "parse", "register", "render"]

@@ -1,9 +1,12 @@
 """CogVLM: ``phrase[[x0,y0,x1,y1]]`` with three-digit integers on a 000-999 grid of the image (``x / W * 1000``),
-e.g. ``A man[[250,250,750,999]] holding a cup[[500,500,875,750]]``. Several boxes of one phrase share the double
-bracket, separated by ``;``: ``[[x0,y0,x1,y1];[x0,y0,x1,y1]]`` (``[[a;b]]`` is read too).
+e.g. ``A man[[250,250,750,999]] holding a cup[[500,500,875,750]]``. Several boxes of one phrase share one double
+bracket, separated by ``;`` *inside* it: ``toy houses[[052,697,174,892;526,763,636,952]]``, as CogVLM writes them
+and as its own parsers read them (every ``[[...]]`` group, split on ``;``, in ``utils/utils/grounding_parser.py``;
+a ``[[..];[..]]`` group leaves ``]``/``[`` on its parts, which those parsers drop). ``[[..];[..]]`` is still
+read, and spaces after ``;`` (``[[052,697,174,892; 526,763,636,952]]``, the CogVLM paper's grounded caption).
 
 Written rounded, clamped to 0..999 and zero-padded to three digits; read as ``v / 1000 * W``. Span: the four
-numbers of one box (``250,250,750,999``, without brackets), so replacing it keeps the group valid;
+numbers of one box (``250,250,750,999``, without brackets or ``;``), so replacing it keeps the group valid;
 ``format_box`` writes exactly those numbers. Phrase: the words just before the group (at most 8; see
 :mod:`spr.formats.text`).
 """
@@ -14,10 +17,11 @@ import re
 
 from .base import Codec, Grounding, Parsed
 from .grid import from_grid, to_grid
+from .registry import register
 from .text import FIRST, join_inline, number_list, plain_phrase, runs
 
 SCALE = 1000
-# [[ ... ]] whose inside holds numbers, commas, spaces and ';' or '];[' between boxes
+# [[ ... ]] whose inside holds numbers, commas, spaces and ';' (or '];[', an older rendering) between boxes
 _GROUP = re.compile(r"\[\[((?:[^\[\]]|\]\s*;\s*\[)*)\]\]")
 _PART = re.compile(r"[^\[\];]+")
 
@@ -54,13 +58,15 @@ class CogVLMCodec(Codec):
     def write(self, groundings, image_size, **geometry):
         pieces = []
         for phrase, boxes in runs(groundings):
-            group = "[[" + "];[".join(self.write_box(b, image_size) for b in boxes) + "]]"
+            group = "[[" + ";".join(self.write_box(b, image_size) for b in boxes) + "]]"
             pieces.append((phrase, f"{phrase}{group}" if phrase else group))
         return join_inline(pieces)
 
 
-CODEC = CogVLMCodec(
-    name="cogvlm",
-    description=__doc__.strip(),
-    examples=["A man[[250,250,750,999]] holding a cup[[500,500,875,750]]"],
+CODEC = register(
+    CogVLMCodec(
+        name="cogvlm",
+        description=__doc__.strip(),
+        examples=["A man[[250,250,750,999]] holding a cup[[500,500,875,750]]"],
+    )
 )

@@ -7,11 +7,14 @@ punctuation (at most 8; see :mod:`spr.formats.text`); boxes separated only by co
 """
 
 from .bracket import BracketCodec
+from .registry import register
 
-CODEC = BracketCodec(
-    name="ferret",
-    description=__doc__.strip(),
-    examples=["A man [120, 50, 480, 990] holding a cup [450, 300, 560, 420]."],
-    scale=1000,
-    clamp=999,
+CODEC = register(
+    BracketCodec(
+        name="ferret",
+        description=__doc__.strip(),
+        examples=["A man [120, 50, 480, 990] holding a cup [450, 300, 560, 420]."],
+        scale=1000,
+        clamp=999,
+    )
 )

@@ -14,6 +14,7 @@ import re
 
 from .base import Codec, Grounding, Parsed
 from .grid import from_grid, to_grid
+from .registry import register
 from .text import clean_phrase
 
 BINS = 1000
@@ -63,8 +64,10 @@ class Florence2Codec(Codec):
         return out
 
 
-CODEC = Florence2Codec(
-    name="florence2",
-    description=__doc__.strip(),
-    examples=["a man<loc_250><loc_250><loc_750><loc_999>a cup<loc_500><loc_500><loc_875><loc_750>"],
+CODEC = register(
+    Florence2Codec(
+        name="florence2",
+        description=__doc__.strip(),
+        examples=["a man<loc_250><loc_250><loc_750><loc_999>a cup<loc_500><loc_500><loc_875><loc_750>"],
+    )
 )

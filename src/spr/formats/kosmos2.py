@@ -16,6 +16,7 @@ import math
 import re
 
 from .base import Codec, Grounding, Parsed
+from .registry import register
 from .text import FIRST, join_inline, runs, tagged_phrase
 
 PATCHES = 32  # per side: 1024 patch index tokens
@@ -113,10 +114,12 @@ def _split(body: str, base: int):
         start = i + len(_DELIM)
 
 
-CODEC = Kosmos2Codec(
-    name="kosmos2",
-    description=__doc__.strip(),
-    examples=[
-        "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
-    ],
+CODEC = register(
+    Kosmos2Codec(
+        name="kosmos2",
+        description=__doc__.strip(),
+        examples=[
+            "<grounding> An image of<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object>"
+        ],
+    )
 )

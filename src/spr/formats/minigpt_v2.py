@@ -12,6 +12,7 @@ import re
 
 from .base import Codec, Grounding, Parsed
 from .grid import from_grid, to_grid
+from .registry import register
 from .text import FIRST, NUMBER, join_inline, runs, tagged_phrase
 
 SCALE = 100
@@ -50,8 +51,10 @@ class MiniGPTv2Codec(Codec):
         return join_inline(parts)
 
 
-CODEC = MiniGPTv2Codec(
-    name="minigpt_v2",
-    description=__doc__.strip(),
-    examples=["<p>a man</p> {<25><25><75><100>} holding <p>a cup</p> {<50><50><87><75>}"],
+CODEC = register(
+    MiniGPTv2Codec(
+        name="minigpt_v2",
+        description=__doc__.strip(),
+        examples=["<p>a man</p> {<25><25><75><100>} holding <p>a cup</p> {<50><50><87><75>}"],
+    )
 )

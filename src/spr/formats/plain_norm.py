@@ -6,11 +6,14 @@ before the box (at most 8; see :mod:`spr.formats.text`).
 """
 
 from .bracket import BracketCodec
+from .registry import register
 
-CODEC = BracketCodec(
-    name="plain_norm",
-    description=__doc__.strip(),
-    examples=["a man [0.25, 0.25, 0.75, 1.0] and a cup [0.5, 0.5, 0.875, 0.75]"],
-    scale=1,
-    decimals=3,
+CODEC = register(
+    BracketCodec(
+        name="plain_norm",
+        description=__doc__.strip(),
+        examples=["a man [0.25, 0.25, 0.75, 1.0] and a cup [0.5, 0.5, 0.875, 0.75]"],
+        scale=1,
+        decimals=3,
+    )
 )

@@ -6,10 +6,13 @@ the words just before the box (at most 8; see :mod:`spr.formats.text`).
 """
 
 from .bracket import BracketCodec
+from .registry import register
 
-CODEC = BracketCodec(
-    name="plain_pixel",
-    description=__doc__.strip(),
-    examples=["a man [160, 120, 480, 480], a cup [320, 240, 560, 360]"],
-    scale=None,
+CODEC = register(
+    BracketCodec(
+        name="plain_pixel",
+        description=__doc__.strip(),
+        examples=["a man [160, 120, 480, 480], a cup [320, 240, 560, 360]"],
+        scale=None,
+    )
 )

@@ -11,6 +11,7 @@ import re
 
 from .base import Codec, Grounding, Parsed
 from .grid import from_grid, to_grid
+from .registry import register
 from .text import FIRST, join_inline, numbers, runs, tagged_phrase
 
 SCALE = 1000
@@ -51,8 +52,10 @@ class Qwen2VLCodec(Codec):
         return join_inline(parts)
 
 
-CODEC = Qwen2VLCodec(
-    name="qwen2_vl",
-    description=__doc__.strip(),
-    examples=["<|object_ref_start|>a dog<|object_ref_end|><|box_start|>(100,200),(500,800)<|box_end|>"],
+CODEC = register(
+    Qwen2VLCodec(
+        name="qwen2_vl",
+        description=__doc__.strip(),
+        examples=["<|object_ref_start|>a dog<|object_ref_end|><|box_start|>(100,200),(500,800)<|box_end|>"],
+    )
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from .base import Codec, Grounding, Parsed
+from .registry import register
 from .text import FIRST, join_inline, number_list, plain_phrase, runs
 
 _GROUP = re.compile(r"\[([^\[\]]*)\]")
@@ -73,8 +74,10 @@ class ShikraCodec(Codec):
         return join_inline(pieces)
 
 
-CODEC = ShikraCodec(
-    name="shikra",
-    description=__doc__.strip(),
-    examples=["A man[0.250,0.250,0.750,0.875] holding a cup[0.500,0.375,0.875,0.625]."],
+CODEC = register(
+    ShikraCodec(
+        name="shikra",
+        description=__doc__.strip(),
+        examples=["A man[0.250,0.250,0.750,0.875] holding a cup[0.500,0.375,0.875,0.625]."],
+    )
 )

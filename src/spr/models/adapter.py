@@ -51,6 +51,11 @@ class ModelAdapter:
                 ids.add(tid)
         return ids
 
+    def placeholder_tokens(self) -> list[str]:
+        """The processor's image / video placeholder tokens (the collator expands them into image tokens)."""
+        tokens = (getattr(self.processor, "image_token", None), getattr(self.processor, "video_token", None))
+        return [t for t in tokens if isinstance(t, str) and t]
+
     @property
     def tokenizer(self):
         return self.processor.tokenizer
@@ -84,12 +89,36 @@ class ModelAdapter:
         return [P.render(t, region, self.fmt, self.geometry) for t in templates]
 
     # ----------------------------------------------------------------------------------------- geometry
+    def pixel_budget(self) -> dict:
+        """``{"min_pixels", "max_pixels"}`` of the image processor's resize (Qwen2-VL style processors), or {}
+        for processors that resize to a fixed size. Boxes in resized-input pixels depend on it."""
+        size = getattr(getattr(self.processor, "image_processor", None), "size", None)
+        low, high = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
+        if not (hasattr(self.processor.image_processor, "merge_size") and low and high):
+            return {}
+        return {"min_pixels": int(low), "max_pixels": int(high)}
+
+    def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Resize images to between ``min_pixels`` and ``max_pixels`` (either may stay as it is)."""
+        budget = self.pixel_budget()
+        if not budget:
+            raise ValueError(
+                f"the {self.family} processor resizes images to a fixed size: it has no pixel budget to set"
+            )
+        low, high = min_pixels or budget["min_pixels"], max_pixels or budget["max_pixels"]
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {low} and {high}")
+        self.processor.image_processor.size = {"shortest_edge": int(low), "longest_edge": int(high)}
+        self._geometry_cache.clear()
+
     def geometry(self, image_size) -> dict:
         """Codec geometry for an image of ``image_size`` (W, H) as this model sees it.
 
-        For ``qwen2_5_vl`` this is the size of the resized model input (``input_size``), taken from the
-        processor's own resize (image_grid_thw x patch size), so it follows the processor's min/max pixels."""
-        if self.fmt != "qwen2_5_vl":
+        For codecs in pixels of the resized model input (Qwen2.5-VL) this is ``input_size``, taken from the
+        processor's own resize (image_grid_thw x patch size), so it follows the processor's pixel budget."""
+        from .. import formats
+
+        if "input_size" not in getattr(formats.get(self.fmt), "geometry_keys", ()):
             return {}
         key = (int(image_size[0]), int(image_size[1]))
         if key not in self._geometry_cache:
@@ -113,7 +142,7 @@ class ModelAdapter:
             if len(images) != len(prompts):
                 raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
             imgs = [im.convert("RGB") for im in images]
-            kwargs["images"] = [[im] for im in imgs] if self.family == "idefics3" else imgs
+            kwargs["images"] = [[im] for im in imgs] if self.spec.images_per_prompt_nested else imgs
         inputs = self.processor(**kwargs)
         return inputs.to(self.model.device)
 

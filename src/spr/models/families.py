@@ -1,7 +1,8 @@
 """What SPR knows about each supported model family: classes, special tokens, chat template, box format, prompts.
 
 A family is found from ``config.model_type`` (see :func:`family_for_model_type`) and can be overridden by the
-user. Adding a family means adding one :class:`FamilySpec` to ``FAMILIES`` (and a tiny config in ``tiny.py``).
+user. Everything SPR does differently per family is a field of its :class:`FamilySpec`; adding a family is
+:func:`register_family` with one spec (docs/architecture.md, "Adding a model family").
 
 Box formats (``default_fmt``), overridable per run with ``fmt=``:
 - qwen2_vl: the model's own ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` on a 0-1000 grid.
@@ -16,7 +17,12 @@ Box formats (``default_fmt``), overridable per run with ``fmt=``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from . import tiny as T
+
+LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 QWEN_TOKENS = [
     "<|endoftext|>",
@@ -135,6 +141,16 @@ class FamilySpec:
     """Named special tokens the processor reads from the tokenizer (e.g. InternVL's ``context_image_token``)."""
     has_video_processor: bool = False
     """transformers' processor of this family takes a video processor (which needs torchvision)."""
+    language_module: str = "model.language_model"
+    """Module name of the language model inside the transformers model (LoRA goes here)."""
+    vision_modules: tuple[str, ...] = ("model.vision_tower", "model.multi_modal_projector")
+    """Module names of the vision encoder and projector (frozen unless vision training is asked for)."""
+    lora_targets: tuple[str, ...] = LANGUAGE_TARGETS
+    """Names of the language model's linear layers that get LoRA."""
+    images_per_prompt_nested: bool = False
+    """The processor takes ``images`` as one list per prompt (Idefics3) rather than one image per prompt."""
+    tiny: Callable | None = None
+    """``tiny(spec, tokenizer) -> (config, processor)`` of a tiny random model (:mod:`spr.models.tiny`)."""
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -152,6 +168,8 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
+            vision_modules=("model.visual",),
+            tiny=T.qwen,
         ),
         FamilySpec(
             name="qwen2_5_vl",
@@ -165,6 +183,8 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
+            vision_modules=("model.visual",),
+            tiny=T.qwen,
         ),
         FamilySpec(
             name="llava",
@@ -178,6 +198,7 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="</s>",
             pad_token="<pad>",
             bos_token="<s>",
+            tiny=T.llava,
         ),
         FamilySpec(
             name="llava_onevision",
@@ -191,6 +212,7 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
+            tiny=T.llava_onevision,
         ),
         FamilySpec(
             name="idefics3",
@@ -204,6 +226,10 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="<end_of_utterance>",
             pad_token="<|end_of_text|>",
             bos_token="<|begin_of_text|>",
+            language_module="model.text_model",
+            vision_modules=("model.vision_model", "model.connector"),
+            images_per_prompt_nested=True,
+            tiny=T.idefics3,
         ),
         FamilySpec(
             name="internvl",
@@ -223,9 +249,21 @@ FAMILIES: dict[str, FamilySpec] = {
                 "video_token": "<video>",
             },
             has_video_processor=True,
+            tiny=T.internvl,
         ),
     ]
 }
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    """Add a model family (see docs/architecture.md, "Adding a model family")."""
+    if spec.name in FAMILIES:
+        raise ValueError(f"model family {spec.name!r} is already registered")
+    clash = [t for t in spec.model_types if family_for_model_type(t) is not None]
+    if clash:
+        raise ValueError(f"model_type {clash[0]!r} already belongs to {family_for_model_type(clash[0]).name}")
+    FAMILIES[spec.name] = spec
+    return spec
 
 
 def available_families() -> list[str]:

@@ -45,16 +45,18 @@ def resolve_family(config: dict, family: str | None, path: Path):
     return spec
 
 
-def check_weights(path: Path) -> None:
-    if any((path / f).exists() for f in WEIGHT_FILES):
+def check_weights(path: Path, safe=WEIGHT_FILES, unsafe=UNSAFE_WEIGHT_FILES) -> None:
+    """``path`` holds safetensors weights (one of ``safe``); pickled weights (``unsafe``) are refused, since
+    loading a pickle runs whatever code it holds."""
+    if any((path / f).exists() for f in safe):
         return
-    unsafe = [f for f in UNSAFE_WEIGHT_FILES if (path / f).exists()]
-    if unsafe:
+    found = [f for f in unsafe if (path / f).exists()]
+    if found:
         raise UserError(
-            f"{path}: weights only as {unsafe[0]} (pickle); SPR loads safetensors only. Convert them, e.g. "
+            f"{path}: weights only as {found[0]} (pickle); SPR loads safetensors only. Convert them, e.g. "
             "model.save_pretrained(DIR, safe_serialization=True) in a trusted environment."
         )
-    raise UserError(f"{path}: no weights (expected {' or '.join(WEIGHT_FILES)})")
+    raise UserError(f"{path}: no weights (expected {' or '.join(safe)})")
 
 
 def resolve_dtype(dtype, device: str):
@@ -89,11 +91,14 @@ def load(
     dtype=None,
     trust_remote_code: bool = False,
     fmt: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> ModelAdapter:
     """Load the model in ``model_dir`` and wrap it in the :class:`ModelAdapter` of its family.
 
     ``family`` overrides ``config.model_type`` (one of :func:`available_families`); ``fmt`` overrides the
-    family's box format; ``dtype`` defaults to float32 on CPU and the checkpoint's own dtype elsewhere."""
+    family's box format; ``dtype`` defaults to float32 on CPU and the checkpoint's own dtype elsewhere;
+    ``min_pixels`` / ``max_pixels`` change the image processor's pixel budget (Qwen2-VL style processors)."""
     import transformers
 
     path = Path(model_dir)
@@ -116,11 +121,18 @@ def load(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             dtype=resolve_dtype(dtype, device),
+            device_map=None if device == "cpu" else device,  # straight onto the GPU, no copy in host memory
         )
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot load the {spec.model_class}: {e}") from None
     model.to(device).eval()
-    return ModelAdapter(model, processor, spec, fmt=fmt, device=device)
+    adapter = ModelAdapter(model, processor, spec, fmt=fmt, device=device)
+    if min_pixels or max_pixels:
+        try:
+            adapter.set_pixel_budget(min_pixels, max_pixels)
+        except ValueError as e:
+            raise UserError(f"{path}: --min-pixels / --max-pixels: {e}") from None
+    return adapter
 
 
 __all__ = ["available_families", "load", "load_processor"]

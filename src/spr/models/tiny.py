@@ -8,10 +8,14 @@ tokens per image. The weights are random: the outputs are gibberish, the code pa
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .families import FamilySpec, available_families, get_family
+from ..config import opt, required
+
+if TYPE_CHECKING:  # families.py imports this module for its specs' tiny builders
+    from .families import FamilySpec
 
 TEXT = dict(
     hidden_size=64,
@@ -96,19 +100,21 @@ def qwen_config(
     )
 
 
-def _qwen_processor(spec, tokenizer):
+def qwen(spec, tokenizer):
+    """Qwen2-VL and Qwen2.5-VL (the spec's name picks the config class)."""
     from transformers import Qwen2VLImageProcessorPil
 
     from .processors import processor_class
 
     # 28 px per image token (patch 14, merge 2): between 4 and 16 image tokens per image.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    return processor_class(spec)(
+    processor = processor_class(spec)(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=spec.chat_template
     )
+    return qwen_config(spec.name, tokenizer, spec), processor
 
 
-def _llava(spec, tokenizer):
+def llava(spec, tokenizer):
     import transformers
 
     image_size, patch = 28, 7
@@ -140,7 +146,7 @@ def _llava(spec, tokenizer):
     return config, processor
 
 
-def _llava_onevision(spec, tokenizer):
+def llava_onevision(spec, tokenizer):
     import transformers
 
     from .processors import processor_class
@@ -173,7 +179,7 @@ def _llava_onevision(spec, tokenizer):
     return config, processor
 
 
-def _idefics3(spec, tokenizer):
+def idefics3(spec, tokenizer):
     import transformers
 
     image_size, patch, scale = 28, 7, 2
@@ -202,7 +208,7 @@ def _idefics3(spec, tokenizer):
     return config, processor
 
 
-def _internvl(spec, tokenizer):
+def internvl(spec, tokenizer):
     import transformers
 
     from .processors import processor_class
@@ -238,17 +244,13 @@ def make_tiny(family: str, seed: int = 0):
     import transformers
     from transformers import GenerationConfig
 
+    from .families import get_family
+
     spec = get_family(family)
+    if spec.tiny is None:
+        raise ValueError(f"the {family} family has no tiny model builder")
     tokenizer = make_tokenizer(spec)
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        config, processor = qwen_config(family, tokenizer, spec), _qwen_processor(spec, tokenizer)
-    else:
-        config, processor = {
-            "llava": _llava,
-            "llava_onevision": _llava_onevision,
-            "idefics3": _idefics3,
-            "internvl": _internvl,
-        }[family](spec, tokenizer)
+    config, processor = spec.tiny(spec, tokenizer)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).eval()
     model.generation_config = GenerationConfig(**_ids(tokenizer, spec))
@@ -270,14 +272,25 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
 HELP = "Build a tiny random model of a supported family (real transformers classes) for offline smoke tests."
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", required=True, choices=available_families())
-    p.add_argument("--out", required=True, help="directory to write the model to")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+@dataclass
+class TinyModelConfig:
+    """`spr tiny-model`: a tiny random model of a family, saved as a normal model directory."""
+
+    family: str = opt(required, "model family (qwen2_vl, qwen2_5_vl, llava, llava_onevision, idefics3, internvl)")
+    out: str = opt(required, "directory to write the model to")
+    seed: int = opt(0, "seed of the random weights")
 
 
-def run(args) -> int:
-    out = build_tiny_model(args.family, args.out, seed=args.seed)
+Config = TinyModelConfig
+
+
+def run(config: TinyModelConfig) -> int:
+    from ..errors import UserError
+    from .families import available_families
+
+    if config.family not in available_families():
+        raise UserError(f"unknown family {config.family!r}; choose from {', '.join(available_families())}")
+    out = build_tiny_model(config.family, config.out, seed=config.seed)
     files = sorted(f.name for f in out.iterdir())
-    print(f"tiny {args.family} model written to {out}: {', '.join(files)}")
+    print(f"tiny {config.family} model written to {out}: {', '.join(files)}")
     return 0

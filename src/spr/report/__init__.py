@@ -1,6 +1,7 @@
-"""Static HTML report of a run (see page.py): images with boxes, chosen vs rejected texts, score histograms,
-pair statistics. Open ``report.html`` in the run directory with any browser; no network, no JavaScript."""
+"""Static HTML report of a run (see page.py): the results per IoU threshold, chosen vs rejected on their own
+images, grounded texts as coloured chips, score histograms, what every counter counts. Open ``report.html`` in
+the run directory with any browser; no network, no JavaScript."""
 
-from .page import ReportData, marked_text, render_report
+from .page import ReportData, marked_text, readable_text, render_report
 
-__all__ = ["ReportData", "marked_text", "render_report"]
+__all__ = ["ReportData", "marked_text", "readable_text", "render_report"]

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-from PIL import Image
-
+from ..config import opt, required
+from ..data.images import DEFAULT_MAX_PIXELS, load_image
 from ..data.records import Candidate, Region, Score
 from ..refine import RefineConfig, count_kinds, refine_candidate, usable_groundings
 from .localization import LocalizationConfig, localization_score
@@ -31,32 +32,58 @@ def total_score(semantic: float, localization: float, lam: float) -> float:
     return lam * semantic + (1.0 - lam) * localization
 
 
+DEFAULT_LAMBDA = 0.8  # the paper's weight of the semantic score
+
+
 @dataclass
 class ScoreConfig:
-    lam: float = 0.8
-    """Weight of the semantic score in the total (the paper: 0.8)."""
-    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
-    refine: bool = True
-    """Also refine every candidate and score the refined text (Score id '<candidate id>#refined')."""
-    refinement: RefineConfig = field(default_factory=RefineConfig)
-    dedup_iou: float = 0.5
-    """Detector boxes with at least this IoU with a reference already in the set are duplicates."""
+    """`spr score`: semantic and localization scores of every candidate and of its refined version."""
+
+    regions: str = opt(required, "regions.jsonl (Region records)")
+    candidates: str = opt(required, "candidates.jsonl (Candidate records)")
+    out: str = opt(required, "scores.jsonl to write (ids already there are kept: resumable)")
+    semantic: str | None = opt(
+        None, "semantic scorer: clip, labels, none, or a registered one", default_text="clip with --clip-model, else labels"
+    )
+    clip_model: str | None = opt(None, "local CLIPModel / SiglipModel directory for the clip scorer")
+    label_model: str | None = opt(
+        None, "sentence-embedding model directory for the labels scorer", default_text="all-MiniLM-L6-v2"
+    )
+    label_mode: Literal["f1", "recall", "precision"] = opt("f1", "which side of the labels scorer to use")
+    lam: float = opt(DEFAULT_LAMBDA, "total = lambda * semantic + (1 - lambda) * localization", name="lambda")
+    refine: bool = opt(True, "also refine every candidate and score the refined text (id '<candidate>#refined')")
+    unmatched: Literal["keep", "drop"] = opt("keep", "refinement: keep unmatched boxes as written, or drop their text")
+    refine_matching: Literal["best", "one_to_one"] = opt(
+        "best", "refinement: each box snaps to its best reference, or one reference per box (Hungarian)"
+    )
+    refine_threshold: float = opt(0.5, "refinement: a box is replaced when its IoU with a reference is above this")
+    loc_average: Literal["reference", "prediction"] = opt(
+        "reference", "localization: average over reference objects (rewards coverage) or predicted boxes"
+    )
+    loc_iou: Literal["thresholded", "raw"] = opt("thresholded", "localization: IoU below the threshold counts 0, or raw IoU")
+    loc_matching: Literal["best", "one_to_one"] = opt("best", "localization: best partner per box, or Hungarian")
+    iou_threshold: float = opt(0.5, "IoU a box needs to count (>=), also for precision / recall / F1")
+    detector: str | None = opt(None, "local OWLv2 / Grounding DINO directory whose boxes join the reference set")
+    detector_threshold: float = opt(0.3, "keep detections with at least this confidence")
+    dedup_iou: float = opt(0.5, "detector boxes with at least this IoU with a reference already there are dropped")
+    device: str = opt("cpu", "torch device of the scorer and detector models", output=False)
+    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped")
+    overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
+    quiet: bool = opt(False, "no progress bar", output=False)
 
     def __post_init__(self):
         if not (math.isfinite(self.lam) and 0.0 <= self.lam <= 1.0):
             raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
+        self.localization_config(), self.refine_config()  # their own checks
 
+    def localization_config(self) -> LocalizationConfig:
+        return LocalizationConfig(self.loc_average, self.loc_iou, self.loc_matching, self.iou_threshold)
 
-class ImageError(RuntimeError):
-    """The region's image cannot be read."""
+    def refine_config(self) -> RefineConfig:
+        return RefineConfig(self.refine_threshold, self.unmatched, self.refine_matching)
 
-
-def load_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise ImageError(f"{path}: cannot read the image ({e})") from None
+    def semantic_name(self) -> str:
+        return self.semantic or ("clip" if self.clip_model else "labels")
 
 
 class RegionScorer:
@@ -67,6 +94,8 @@ class RegionScorer:
         self.config = config or ScoreConfig()
         self.detector = detector
         self.lam = 0.0 if isinstance(semantic, NoSemantic) else self.config.lam
+        self.localization = self.config.localization_config()
+        self.refinement = self.config.refine_config()
 
     def references(
         self, region: Region, image, candidates_phrases: list[str], problems: Counter
@@ -84,7 +113,7 @@ class RegionScorer:
         problems = problems if problems is not None else Counter()
         needs_image = self.semantic.needs_image or self.detector is not None
         if image is None and needs_image:
-            image = load_image(region.image)
+            image = load_image(region.image, self.config.max_image_pixels, expected_size=region.image_size)
         usable = [usable_groundings(c, region) for c in candidates]
         phrases = [g["phrase"] for u in usable for g in u.groundings if g.get("phrase")]
         refs = self.references(region, image, phrases, problems)
@@ -97,7 +126,7 @@ class RegionScorer:
             text = cand.text if isinstance(cand.text, str) else ""
             rows.append((cand, False, text, use.groundings, use.problems))
             if self.config.refine:
-                ref = refine_candidate(cand, region, refs.boxes, self.config.refinement, usable=use)
+                ref = refine_candidate(cand, region, refs.boxes, self.refinement, usable=use)
                 count_kinds(ref.problems, problems)
                 problems["refined: boxes replaced"] += ref.replaced
                 problems["refined: boxes dropped"] += ref.dropped
@@ -115,7 +144,7 @@ class RegionScorer:
             loc = localization_score(
                 [g["box"] for g in valid],
                 refs.boxes,
-                self.config.localization,
+                self.localization,
                 reference_labels=refs.labels,
                 reference_sources=refs.sources,
                 prediction_phrases=[g.get("phrase") for g in valid],

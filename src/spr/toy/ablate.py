@@ -30,23 +30,22 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .demo import (
+from ..config import opt, output_settings
+from ..data.jsonl import count_records
+from ..scoring.combine import DEFAULT_LAMBDA
+from .rounds import (
     REC_KEYS,
     DemoConfig,
     DemoRun,
-    _count_lines,
-    _spr,
-    add_common_arguments,
     base_model_dir,
     clip_model_dir,
-    common_settings,
     evaluate_command,
+    merge_command,
     model_metrics,
     pairs_command,
     round_stages,
@@ -64,29 +63,31 @@ ARM_TITLES = {
     "sft_chosen": "SFT on chosen",
     "continued": "continued SFT",
 }
-LAMBDAS = {"spr": 0.8, "dpo": 0.8, "lambda0": 0.0, "lambda1": 1.0}
+LAMBDAS = {"spr": DEFAULT_LAMBDA, "dpo": DEFAULT_LAMBDA, "lambda0": 0.0, "lambda1": 1.0}
 METRICS = (*REC_KEYS, "description_f1@0.5", "description_f1@0.75")
 
 
 @dataclass
 class AblateConfig(DemoConfig):
-    """The demo's settings (``seed`` is the world seed of the test scenes) plus the seeds and arms to run."""
+    """`spr toy ablate`: the demo's settings (``seed`` is the world seed of the evaluation scenes) plus the
+    seeds and arms to run."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds of the SPR rounds: training scenes, regions, sampling and training order."""
-    arms: tuple[str, ...] = ARMS
-    eval_split: str = "test"
-    """Split of world ``seed`` the models are evaluated on (``test_scenes`` scenes of it): ``test`` for the
-    result, ``val`` to choose settings without looking at the test scenes."""
+    out: str = opt("runs/ablate", "run directory (re-running with the same settings resumes)", output=False)
+    seeds: list[int] = opt([0, 1, 2], "seeds of the SPR rounds: training scenes, regions, sampling and training order")
+    arms: list[str] = opt(list(ARMS), f"arms to train and evaluate ({', '.join(ARMS)})")
+    eval_split: str = opt(
+        "test", "evaluate on the test scenes (the result) or the validation scenes (val: to choose settings)"
+    )
+    jobs: int = opt(1, "seeds run at once, each in its own process", output=False)
 
     def __post_init__(self):
         if self.eval_split not in ("val", "test"):
-            raise UserError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
+            raise ValueError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
-            raise UserError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+            raise ValueError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
         if not self.seeds:
-            raise UserError("give at least one seed")
+            raise ValueError("give at least one seed")
 
 
 class AblateRun(DemoRun):
@@ -173,19 +174,12 @@ def equal_budget_steps(c: AblateConfig, n_pairs: int) -> int:
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def run_ablation(
-    out: str | Path,
-    config: AblateConfig,
-    overwrite=False,
-    base_model=None,
-    clip_model=None,
-    jobs: int = 1,
-    log=print,
-) -> dict:
-    """Run (or resume) the ablation in ``out``; ``jobs`` > 1 runs that many seeds at once in worker processes
-    (each seed keeps its own progress in seed-<n>/round.json, so they never write the same file)."""
-    run = AblateRun(out, config, overwrite)
+def run_ablation(config: AblateConfig, log=print) -> dict:
+    """Run (or resume) the ablation in ``config.out``; ``jobs`` > 1 runs that many seeds at once in worker
+    processes (each seed keeps its own progress in seed-<n>/round.json, so they never write the same file)."""
+    run = AblateRun(config.out, config, config.overwrite)
     c = config
+    base_model, clip_model, jobs = c.base_model, c.clip_model, c.jobs
     t_all = time.time()
     models = {"base": base_model_dir(log, base_model, c.preset), "clip": clip_model_dir(log, clip_model)}
     log(f"base model: {models['base']}\ntiny CLIP: {models['clip']}")
@@ -238,7 +232,7 @@ def seed_round(out: Path, c: AblateConfig, seed: int, models: dict, rec_data: Pa
     stage("world", lambda: world_command(d / "world", seed, c, c.train_scenes, 0, 0))
     for name, fn, output in round_stages(c, seed, d / "world", d, models):
         stage(name, fn, output)
-    n_pairs = _count_lines(d / "dpo.jsonl")
+    n_pairs = count_records(d / "dpo.jsonl")
     steps = equal_budget_steps(c, n_pairs)
     for arm in c.arms:
         arm_stages(c, arm, seed, d, models, steps, n_pairs, stage, rec_data, regions)
@@ -251,12 +245,11 @@ def arm_stages(
     a, base = d / arm, models["base"]
     loss = {"dpo": ("sigmoid",), "sft_chosen": ("sft",), "continued": ("sft",)}.get(arm, c.loss_type)
     stage(f"{arm} data", lambda: arm_data(c, arm, d, a, base, seed, n_pairs))
-    if not _count_lines(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
+    if not count_records(a / "dpo.jsonl"):  # e.g. lambda 0 when no sample of any prompt localizes better
         stage(f"{arm} has no training rows", lambda: None)
         return
-    stage(f"{arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed,
-                                                             loss, "--max-steps", steps))  # fmt: skip
-    stage(f"{arm} merge", lambda: _spr("merge", "--adapter", a / "adapter", "--base", base, "--out", a / "model"))  # fmt: skip
+    stage(f"{arm} train", lambda: train_command(c, base, a / "dpo.jsonl", a / "adapter", seed, loss, max_steps=steps))
+    stage(f"{arm} merge", lambda: merge_command(a / "adapter", base, a / "model"))
     stage(f"{arm} eval", lambda: evaluate_command(c, a / "model", rec_data, regions, a / "eval"))
 
 
@@ -265,7 +258,7 @@ def arm_data(c: AblateConfig, arm: str, d: Path, a: Path, base: Path, seed: int,
     from .world import PRESETS
 
     a.mkdir(parents=True, exist_ok=True)
-    if LAMBDAS.get(arm) == 0.8:
+    if LAMBDAS.get(arm) == DEFAULT_LAMBDA:
         (a / "dpo.jsonl").write_bytes((d / "dpo.jsonl").read_bytes())
     elif arm in LAMBDAS:
         reweighted_scores(d / "scores.jsonl", a / "scores.jsonl", LAMBDAS[arm])
@@ -369,7 +362,7 @@ def collect_results(run: AblateRun) -> dict:
         "arms": {arm: {str(s): m for s, m in per_seed.items()} for arm, per_seed in arms.items()},
         "summary": summary,
         "diagnostics": {str(s): v for s, v in diagnostics.items()},
-        "settings": json.loads(json.dumps(asdict(c))),
+        "settings": output_settings(c),
     }
 
 
@@ -423,33 +416,9 @@ HELP = (
     "Measure SPR against the base over seeds, with the ablations (DPO vs SFT on chosen, lambda 0 / 0.8 / 1, "
     "continued SFT) at equal budget, in the shapes world; writes one table."
 )
+Config = AblateConfig
 
 
-def add_arguments(p) -> None:
-    d = AblateConfig()
-    p.add_argument(
-        "--out", default="runs/ablate", help="run directory (re-running with the same settings resumes)"
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="seeds of the SPR rounds")
-    p.add_argument("--arms", nargs="+", default=list(d.arms), choices=ARMS, help="arms to train and evaluate")
-    p.add_argument(
-        "--epochs", type=int, default=d.epochs, help="epochs over the spr arm's pairs (sets the budget)"
-    )
-    p.add_argument(
-        "--eval-split", choices=["test", "val"], default=d.eval_split,
-        help="evaluate on the test scenes (the result) or the validation scenes (to choose settings)",
-    )  # fmt: skip
-    p.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
-    add_common_arguments(p, d)
-
-
-def run(args) -> int:
-    config = AblateConfig(
-        seeds=tuple(args.seeds),
-        arms=tuple(args.arms),
-        epochs=args.epochs,
-        eval_split=args.eval_split,
-        **common_settings(args),
-    )
-    run_ablation(args.out, config, args.overwrite, args.base_model, args.clip_model, args.jobs)
+def run(config: AblateConfig) -> int:
+    run_ablation(config)
     return 0

@@ -27,8 +27,9 @@ import numpy as np
 from .. import boxes as B
 from .. import formats
 from .. import prompts as P
+from ..config import opt, required
 from ..data.records import Region
-from ..regions import grow_region
+from ..regions import grow
 from .descriptions import grounded_description
 from .expressions import expressions_for_scene
 from .world import WorldConfig, make_scene
@@ -152,13 +153,10 @@ def rec_example(scene, rng: random.Random, adapter, kinds: tuple[str, ...] = ())
 def scene_region(scene, rng: random.Random, n_objects: int = 5) -> Region:
     """An SPR region of the scene (as ``spr regions`` grows them), with its members' scene indices in ``source``."""
     boxes = np.array([o.box for o in scene.objects], dtype=np.float64)
-    selected = grow_region(boxes, rng.randrange(len(boxes)), n_objects)
-    region_box = B.union_box(boxes[selected])
-    inside = B.intersection_over_area(boxes, [region_box])[:, 0] >= 0.5
-    members = [i for i in range(len(boxes)) if inside[i] or i in selected]
+    _, region_box, members = grow(boxes, rng.randrange(len(boxes)), n_objects)
     return Region(
-        id="",
-        image="",
+        id="scene",
+        image="<in memory>",
         image_size=list(scene.size),
         region_box=list(region_box),
         objects=[{"label": scene.objects[i].label, "box": list(scene.objects[i].box)} for i in members],
@@ -170,18 +168,15 @@ def description_example(scene, rng: random.Random, adapter, templates) -> Exampl
     region = scene_region(scene, rng)
     rendered = P.render(rng.choice(templates), region, adapter.fmt, adapter.geometry)
     members = [scene.objects[int(i)] for i in region.source.split(",")]
-    dx, dy = (rendered.crop_box[0], rendered.crop_box[1]) if rendered.crop_box else (0, 0)
-    image = scene.image.crop(tuple(rendered.crop_box)) if rendered.crop_box else scene.image
+    dx, dy = rendered.origin
+    image = rendered.view_image(scene.image)
     view = []
     for phrase, box in grounded_description(members):
-        shifted = B.clip((box[0] - dx, box[1] - dy, box[2] - dx, box[3] - dy), rendered.view_size)
+        shifted = B.clip(B.shift(box, -dx, -dy), rendered.view_size)
         if B.is_valid(shifted):
             view.append((phrase, shifted))
     answer = formats.render(view, adapter.fmt, rendered.view_size, **rendered.geometry)
-    objects = [
-        (o.label, B.clip((o.box[0] - dx, o.box[1] - dy, o.box[2] - dx, o.box[3] - dy), rendered.view_size))
-        for o in scene.objects
-    ]
+    objects = [(o.label, B.clip(B.shift(o.box, -dx, -dy), rendered.view_size)) for o in scene.objects]
     objects = [(label, box) for label, box in objects if B.is_valid(box)]
     return Example(image, rendered.text, answer, objects)
 
@@ -297,7 +292,9 @@ def rec_accuracy(
             inputs = adapter.build_inputs([ex.image for ex in chunk], [ex.prompt for ex in chunk])
             new = adapter.generate(inputs, max_new_tokens=40, do_sample=False)
             for ex, ids in zip(chunk, new):
-                parsed = formats.parse(adapter.decode(ids), adapter.fmt, image_size=ex.image.size)
+                parsed = formats.parse(
+                    adapter.decode(ids), adapter.fmt, image_size=ex.image.size, **adapter.geometry(ex.image.size)
+                )
                 ious.append(float(B.iou([parsed[0].box], [ex.target])[0, 0]) if parsed else 0.0)
     adapter.model.train()
     a = np.array(ious)
@@ -396,34 +393,37 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "Train the shapes world's base model (a tiny Qwen2-VL that grounds) with the dense-supervision recipe."
+R = BaseRecipeConfig
 
 
-def add_arguments(p) -> None:
-    d = BaseRecipeConfig()
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--preset", default="default", help="world preset (easy, default, hard)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the training scenes and weights")
-    p.add_argument("--steps", type=int, default=d.steps, help="joint-phase optimizer steps")
-    p.add_argument("--vision-steps", type=int, default=d.vision_steps, help="vision-only steps first")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument(
-        "--rec-fraction", type=float, default=d.rec_fraction, help="share of referring-expression batches"
-    )
-    p.add_argument("--expression-kinds", default="", help="comma-separated kinds to train on (default: all)")
-    p.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="validation REC accuracy every N steps"
-    )
-    p.add_argument("--eval-scenes", type=int, default=d.eval_scenes)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+@dataclass
+class TrainBaseConfig:
+    """`spr toy train-base`: the recipe's main settings (the rest are BaseRecipeConfig's defaults)."""
+
+    out: str = opt(required, "model directory to write")
+    preset: str = opt("default", "world preset (easy, default, hard)")
+    seed: int = opt(R.seed, "seed of the training scenes and weights")
+    steps: int = opt(R.steps, "joint-phase optimizer steps (language loss + dense image-token loss)")
+    vision_steps: int = opt(R.vision_steps, "vision-only steps first")
+    batch_size: int = opt(R.batch_size, "examples per step")
+    lr: float = opt(R.lr, "peak learning rate of the joint phase")
+    rec_fraction: float = opt(R.rec_fraction, "share of referring-expression examples")
+    expression_kinds: list[str] = opt([], "referring-expression kinds to train on (label, shape, colour, size, relation)", default_text="all")  # fmt: skip
+    eval_every: int = opt(R.eval_every, "validation REC accuracy every N steps")
+    eval_scenes: int = opt(R.eval_scenes, "validation scenes for the curve")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
 
 
-def run(args) -> int:
+Config = TrainBaseConfig
+
+
+def run(args: TrainBaseConfig) -> int:
     from ..errors import UserError
     from .world import PRESETS
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    kinds = tuple(k.strip() for item in args.expression_kinds for k in item.split(",") if k.strip())
     config = BaseRecipeConfig(
         seed=args.seed,
         steps=args.steps,
@@ -431,7 +431,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         rec_fraction=args.rec_fraction,
-        expression_kinds=tuple(k for k in args.expression_kinds.split(",") if k),
+        expression_kinds=kinds,
         eval_every=args.eval_every,
         eval_scenes=args.eval_scenes,
         threads=args.threads or None,

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import opt, required
 from ..errors import UserError
-from ..models.clip import TinyClipConfig
+from ..models.tiny_clip import TinyClipConfig
 from . import descriptions as D
 from .world import WorldConfig, make_scene
 
@@ -97,7 +98,7 @@ def world_corpus(world: WorldConfig) -> list[str]:
 
 def build_clip(out_dir: str | Path, world: WorldConfig, shape: TinyClipShape, seed: int = 0) -> Path:
     """A random tiny transformers CLIPModel with a tokenizer trained on the world's words, saved to ``out_dir``."""
-    from ..models.clip import TINY_CORPUS, build_tiny_clip
+    from ..models.tiny_clip import TINY_CORPUS, build_tiny_clip
 
     return build_tiny_clip(out_dir, seed=seed, config=shape, corpus=[*TINY_CORPUS, *world_corpus(world)])
 
@@ -114,7 +115,7 @@ class View:
 
 
 def scene_views(scene, index: int, rng: random.Random) -> list[View]:
-    from ..regions import grow_region
+    from ..regions import grow
 
     views = []
     for o in scene.objects:
@@ -124,19 +125,10 @@ def scene_views(scene, index: int, rng: random.Random) -> list[View]:
     for n, kind in ((rng.choice((2, 3)), "group"), (5, "region")):
         if len(boxes) < n:
             continue
-        members = [scene.objects[i] for i in grow_region(boxes, rng.randrange(len(boxes)), n)]
-        box = tuple(np.array([m.box for m in members]).min(0)[:2]) + tuple(
-            np.array([m.box for m in members]).max(0)[2:]
-        )
-        inside = [o for o in scene.objects if _inside_fraction(o.box, box) >= 0.5]
+        _, box, members = grow(boxes, rng.randrange(len(boxes)), n)
+        inside = [scene.objects[i] for i in members]
         views.append(View(index, tuple(float(v) for v in box), [D.group_caption(inside)], kind))
     return views
-
-
-def _inside_fraction(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return w * h / max((a[2] - a[0]) * (a[3] - a[1]), 1e-9)
 
 
 def jitter(box, size: tuple[int, int], amount: float, rng: random.Random) -> tuple[int, int, int, int]:
@@ -322,29 +314,31 @@ def train_clip(
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "Train the tiny CLIP of the shapes world (for the CLIP semantic scorer) and report its zero-shot accuracy."
+R = ClipRecipeConfig
 
 
-def add_arguments(p) -> None:
-    d = ClipRecipeConfig()
-    p.add_argument(
-        "--out", required=True, help="model directory to write (an existing finished one is reused)"
-    )
-    p.add_argument("--world", help="a world directory (spr toy world): train on its settings and seed")
-    p.add_argument("--preset", default="default", help="world preset when --world is not given")
-    p.add_argument("--world-seed", type=int, default=0, help="world seed when --world is not given")
-    p.add_argument("--scenes", type=int, default=d.scenes, help="training scenes")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument(
-        "--eval-scenes", type=int, default=d.eval_scenes, help="validation scenes for the accuracy"
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+@dataclass
+class TrainClipConfig:
+    """`spr toy train-clip`: the recipe's main settings (the rest are ClipRecipeConfig's defaults)."""
+
+    out: str = opt(required, "model directory to write (an existing finished one is reused)")
+    world: str | None = opt(None, "a world directory (spr toy world): train on its settings and seed")
+    preset: str = opt("default", "world preset when --world is not given")
+    world_seed: int = opt(0, "world seed when --world is not given")
+    scenes: int = opt(R.scenes, "training scenes")
+    steps: int = opt(R.steps, "optimizer steps")
+    batch_size: int = opt(R.batch_size, "views per batch")
+    lr: float = opt(R.lr, "peak learning rate")
+    eval_scenes: int = opt(R.eval_scenes, "validation scenes for the zero-shot accuracy")
+    seed: int = opt(R.seed, "training seed")
+    threads: int = opt(R.threads, "torch CPU threads (0: torch's default)")
+    quiet: bool = opt(False, "no progress bar")
 
 
-def run(args) -> int:
+Config = TrainClipConfig
+
+
+def run(args: TrainClipConfig) -> int:
     from ..table import markdown_table
     from .world import PRESETS
 

@@ -131,6 +131,8 @@ def add_scene(
              "file_name": file_name, "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences}
         )  # fmt: skip
         for s, e in zip(sentences, exprs):
+            if expr.rec_kinds and e.kind not in expr.rec_kinds:
+                continue
             files.rec.append(
                 {"id": f"{ann_id}/{s['sent_id']}", "image": image_path, "expression": e.text, "box": list(o.box),
                  "split": split, "kind": e.kind, "label": o.label, "image_id": image_id, "ann_id": ann_id}

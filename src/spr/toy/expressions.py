@@ -34,6 +34,9 @@ class ExpressionConfig:
     """At most this many expressions per object, of different kinds where possible."""
     relations: tuple[str, ...] = RELATIONS
     """Spatial relations to use; empty for no relational expressions."""
+    rec_kinds: tuple[str, ...] = ()
+    """Kinds (label, shape, colour, size, relation) written to rec.jsonl; empty for all. The refs pickle keeps
+    every kind. A base trained on some kinds is tested on those."""
 
 
 @dataclass

@@ -2,102 +2,86 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
-HELP = (
-    "Generate the synthetic shapes world: images, COCO annotations, referring expressions, captions, splits."
-)
+from ..config import opt, required
 
-
-def _names(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+HELP = "Generate the synthetic shapes world: images, COCO annotations, referring expressions, captions, splits."
 
 
-def add_arguments(p) -> None:
-    from .world import BACKGROUNDS, COLOURS, PRESETS, SHAPES
+@dataclass
+class WorldCommandConfig:
+    """`spr toy world`. The difficulty options default to the preset's values."""
 
-    p.add_argument(
-        "--out", required=True, help="directory to write (re-running with the same settings resumes)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="world seed; each split draws its scenes from its own seeds"
-    )
-    p.add_argument("--train", type=int, default=1000, help="training scenes")
-    p.add_argument("--val", type=int, default=200, help="validation scenes")
-    p.add_argument("--test", type=int, default=200, help="held-out test scenes")
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="default",
-        help="difficulty preset; the options below override it",
-    )
-    g = p.add_argument_group("difficulty (default: the preset's value)")
-    g.add_argument("--size", type=int, help="image side in pixels (default 112)")
-    g.add_argument(
-        "--objects",
-        type=int,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        help="objects per scene (at least 5 for SPR regions)",
-    )
-    g.add_argument(
-        "--object-size",
-        type=float,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        help="object side as a fraction of the image side",
-    )
-    g.add_argument("--shapes", type=_names, help=f"comma-separated, from {','.join(SHAPES)}")
-    g.add_argument("--colours", type=_names, help=f"comma-separated, from {','.join(COLOURS)}")
-    g.add_argument("--backgrounds", type=_names, help=f"comma-separated, from {','.join(BACKGROUNDS)}")
-    g.add_argument(
-        "--max-overlap", type=float, help="largest shared fraction of the smaller of two boxes (0: none)"
-    )
-    g.add_argument("--min-visible", type=float, help="smallest visible fraction of each object")
-    g.add_argument(
-        "--repeat-label", type=float, help="chance that an object repeats a label already in the scene"
-    )
-    e = p.add_argument_group("referring expressions")
-    e.add_argument("--per-object", type=int, default=3, help="expressions per referred object (1-9)")
-    e.add_argument("--size-margin", type=float, default=1.3, help="size factor needed for 'small' / 'large'")
-    e.add_argument(
-        "--no-relations", action="store_true", help="no relational expressions ('the circle left of ...')"
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a world in --out made with other settings"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    out: str = opt(required, "directory to write (re-running with the same settings resumes)")
+    seed: int = opt(0, "world seed; each split draws its scenes from its own seeds")
+    train: int = opt(1000, "training scenes")
+    val: int = opt(200, "validation scenes")
+    test: int = opt(200, "held-out test scenes")
+    preset: str = opt("default", "difficulty preset (easy, default, hard); the options below override it")
+    size: int | None = opt(None, "image side in pixels", default_text="the preset's (112)")
+    objects: list[int] | None = opt(None, "objects per scene: MIN MAX (at least 5 for SPR regions)", default_text="the preset's")
+    object_size: list[float] | None = opt(None, "object side as a fraction of the image side: MIN MAX", default_text="the preset's")
+    shapes: list[str] | None = opt(None, "shapes to draw (circle, square, triangle, diamond, star, ring)", default_text="the preset's")
+    colours: list[str] | None = opt(None, "colours (red, green, blue, yellow, purple, orange, cyan, black)", default_text="the preset's")
+    backgrounds: list[str] | None = opt(None, "background kinds (plain, noise, stripes)", default_text="the preset's")
+    max_overlap: float | None = opt(None, "largest shared fraction of the smaller of two boxes (0: none)", default_text="the preset's")
+    min_visible: float | None = opt(None, "smallest visible fraction of each object", default_text="the preset's")
+    repeat_label: float | None = opt(None, "chance that an object repeats a label already in the scene", default_text="the preset's")
+    per_object: int = opt(3, "referring expressions per referred object (1-9)")
+    size_margin: float = opt(1.3, "size factor needed for 'small' / 'large'")
+    relations: bool = opt(True, "relational expressions ('the circle left of ...')")
+    rec_kinds: list[str] = opt([], "expression kinds written to rec.jsonl (label, shape, colour, size, relation)", default_text="all")
+    overwrite: bool = opt(False, "replace a world in --out made with other settings")
+    quiet: bool = opt(False, "no progress bars")
+
+    def __post_init__(self):
+        for name in ("objects", "object_size"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} takes two values, MIN MAX; got {getattr(self, name)}")
 
 
-def config_from_args(args):
+Config = WorldCommandConfig
+
+
+def _listed(values):
+    """Comma-separated values given as one argument ("circle,square") or several."""
+    if values is None:
+        return None
+    return tuple(v.strip() for item in values for v in str(item).split(",") if v.strip())
+
+
+def world_config(c: WorldCommandConfig):
+    import dataclasses
+
+    from ..errors import UserError
     from .world import PRESETS, WorldConfig
 
+    if c.preset not in PRESETS:
+        raise UserError(f"unknown preset {c.preset!r}; choose from {', '.join(sorted(PRESETS))}")
     overrides = {
-        "image_size": args.size, "objects": args.objects, "object_size": args.object_size, "shapes": args.shapes,
-        "colours": args.colours, "backgrounds": args.backgrounds, "max_overlap": args.max_overlap,
-        "min_visible": args.min_visible, "repeat_label": args.repeat_label,
+        "image_size": c.size, "objects": c.objects, "object_size": c.object_size, "shapes": _listed(c.shapes),
+        "colours": _listed(c.colours), "backgrounds": _listed(c.backgrounds), "max_overlap": c.max_overlap,
+        "min_visible": c.min_visible, "repeat_label": c.repeat_label,
     }  # fmt: skip
-    base = dataclasses.asdict(PRESETS[args.preset])
+    base = dataclasses.asdict(PRESETS[c.preset])
     return WorldConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def run(args) -> int:
+def run(c: WorldCommandConfig) -> int:
     from ..table import markdown_table
     from .dataset import write_world
     from .expressions import RELATIONS, ExpressionConfig
 
-    config = config_from_args(args)
+    config = world_config(c)
     expressions = ExpressionConfig(
-        size_margin=args.size_margin,
-        per_object=args.per_object,
-        relations=() if args.no_relations else RELATIONS,
+        size_margin=c.size_margin, per_object=c.per_object, relations=RELATIONS if c.relations else (),
+        rec_kinds=tuple(c.rec_kinds),
     )
-    counts = {"train": args.train, "val": args.val, "test": args.test}
-    manifest = write_world(
-        args.out, args.seed, counts, config, expressions, args.overwrite, progress=not args.quiet
-    )
+    counts = {"train": c.train, "val": c.val, "test": c.test}
+    manifest = write_world(c.out, c.seed, counts, config, expressions, c.overwrite, progress=not c.quiet)
     columns = ["scenes", "objects", "referred objects", "expressions", "captions", "grounded", "seconds"]
-    rows = [[split, *(stats.get(c, "") for c in columns)] for split, stats in manifest["splits"].items()]
+    rows = [[split, *(stats.get(k, "") for k in columns)] for split, stats in manifest["splits"].items()]
     print(markdown_table(["split", *columns], rows))
-    print(f"shapes world written to {args.out} ({len(config.labels())} labels)")
+    print(f"shapes world written to {c.out} ({len(config.labels())} labels)")
     return 0

@@ -1,0 +1,337 @@
+"""Stage configs: one dataclass per command, whose fields are the command's options.
+
+Every field is declared with :func:`opt` (a default or ``required``, one help sentence, optional choices). From
+the dataclass alone :func:`add_arguments` makes the command-line flags (``lora_r`` -> ``--lora-r``, booleans as
+``--flag/--no-flag``, lists as several values) and their help with the default shown, and :func:`from_args`
+builds the config from ``--config file.yaml`` (same field names) overridden by the flags given on the command
+line. Validation lives in the dataclass's ``__post_init__``, so a config built in Python, from YAML or from
+flags is checked the same way. :func:`output_settings` is what a stage's settings header records.
+
+>>> @dataclass
+... class Example:
+...     model: str = opt(required, "model directory")
+...     samples: int = opt(4, "candidates per prompt")
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import UserError
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+required = _Required()
+"""``opt(required, "help")``: a field the command line (or YAML) must give. In Python the field defaults to
+None, so library code can build a config without the stage's file paths (``RegionConfig(per_image=3)``)."""
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    output: bool = True,
+    positional: bool = False,
+    default_text: str | None = None,
+    cli: bool = True,
+    name: str | None = None,
+):
+    """A config field. ``output=False`` marks a field that does not change what the stage writes (device,
+    batch size, progress ...): it is left out of the settings header, so a resume may change it.
+    ``default_text`` replaces the shown default where the value alone would mislead (``None`` meaning "auto").
+    ``cli=False`` keeps a field out of the command line (set from Python or YAML only). ``name`` is the
+    option's name where the field's own cannot be it (``lam`` is ``--lambda`` and ``lambda:`` in YAML)."""
+    if not help:
+        raise ValueError("every config field needs a help sentence")
+    metadata = dict(help=help, choices=choices, output=output, positional=positional, cli=cli)
+    if name is not None:
+        metadata["name"] = name
+    if default is required:
+        metadata["required"] = True
+        default = None
+    if default_text is not None:
+        metadata["default_text"] = default_text
+    if isinstance(default, list | dict | set):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------- types
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp) -> tuple[Any, bool]:
+    """(inner type, whether None is allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+        raise TypeError(f"unsupported union type {tp}")
+    return tp, False
+
+
+def _kind(tp) -> tuple[str, Any, bool]:
+    """("scalar" | "list" | "tuple" | "bool" | "dict", element type, optional)."""
+    inner, optional = _strip_optional(tp)
+    origin = typing.get_origin(inner)
+    if inner is bool:
+        return "bool", bool, optional
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(inner) if a is not Ellipsis]
+        return ("list" if origin is list else "tuple"), (args[0] if args else str), optional
+    if origin is dict or inner is dict:
+        return "dict", dict, optional
+    return "scalar", inner, optional
+
+
+def _literal_choices(tp) -> tuple | None:
+    inner, _ = _strip_optional(tp)
+    if typing.get_origin(inner) is Literal:
+        return typing.get_args(inner)
+    return None
+
+
+def _scalar(value, tp, name: str):
+    """``value`` (from YAML or a flag) as type ``tp``; UserError naming the field when it is not one."""
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp):
+            raise UserError(f"{name}: must be one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise UserError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"{name}: expected a number, got {value!r}") from None
+    if tp is int:
+        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            raise UserError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{name}: expected an integer, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, str | Path):
+            return str(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # YAML reads `prompts: 1` as a number
+        raise UserError(f"{name}: expected text, got {value!r}")
+    return value
+
+
+def coerce(value, tp, name: str):
+    """A value read from YAML or the command line, checked against the field type ``tp``."""
+    kind, elem, optional = _kind(tp)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{name}: may not be empty (null)")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{name}: expected true or false, got {value!r}")
+    if kind in ("list", "tuple"):
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        out = [_scalar(v, elem, name) for v in items]
+        return tuple(out) if kind == "tuple" else out
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise UserError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    return _scalar(value, elem, name)
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+
+
+def option_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("name", f.name)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value)) if value else "none"
+    return str(value)
+
+
+def default_of(f: dataclasses.Field):
+    """The field's default, or MISSING for a required field."""
+    if f.metadata.get("required"):
+        return MISSING
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def help_text(f: dataclasses.Field) -> str:
+    text = f.metadata["help"].rstrip(".")
+    default = default_of(f)
+    if default is MISSING:
+        return f"{text} (required)"
+    shown = f.metadata.get("default_text", _shown(default))
+    return f"{text} (default: {shown})".replace("%", "%%")
+
+
+def cli_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, config_file: bool = True) -> None:
+    """One option per field of ``cls`` (see the module docstring), plus ``--config`` when ``config_file``."""
+    hints = _hints(cls)
+    if config_file:
+        parser.add_argument(
+            "--config",
+            metavar="YAML",
+            default=argparse.SUPPRESS,
+            help="read options from this YAML file (same names as the options, with _ for -); "
+            "options given on the command line override it",
+        )
+    for f in cli_fields(cls):
+        kind, elem, _ = _kind(hints[f.name])
+        choices = f.metadata.get("choices") or _literal_choices(hints[f.name])
+        kw: dict[str, Any] = dict(help=help_text(f), default=argparse.SUPPRESS)
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, metavar=f.name.upper(), nargs="?", **kw)
+            continue
+        if kind == "bool":
+            parser.add_argument(flag_name(option_name(f)), dest=f.name, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if kind == "dict":
+            kw["type"] = _yaml_mapping
+            kw["metavar"] = "YAML"
+        if choices:
+            kw["choices"] = choices
+        if kind in ("list", "tuple"):  # --loss-type sigmoid sft, or the flag repeated
+            kw.update(nargs="*", action="extend")
+        scalar = typing.get_args(elem)[0] if typing.get_origin(elem) is Literal else elem
+        if scalar in (int, float):
+            kw["type"] = scalar
+        parser.add_argument(flag_name(option_name(f)), dest=f.name, **kw)
+
+
+def _yaml_mapping(text: str) -> dict:
+    """A mapping given on the command line as YAML: ``--regions '{annotations: a.json, images: img}'``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"not YAML: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{key: value}}', got {text!r}")
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not a readable YAML file: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option names to values")
+    return data
+
+
+def build(cls, values: dict, source: str = "config"):
+    """``cls(**values)`` with every value checked against its field's type; unknown names, missing required
+    fields and invalid values become UserErrors that name the field and ``source``."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    aliases = {option_name(f): n for n, f in fields.items()}
+    values = {aliases.get(k, k): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(
+            f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(aliases))}"
+        )
+    kwargs = {k: coerce(v, hints[k], f"{source}: {option_name(fields[k])}") for k, v in values.items()}
+    missing = [n for n, f in fields.items() if kwargs.get(n) is None and default_of(f) is MISSING]
+    if missing:
+        raise UserError(
+            f"{source}: missing required option(s): {', '.join(flag_name(option_name(fields[n])) for n in missing)}"
+        )
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def from_args(cls, args: argparse.Namespace, section: str | None = None):
+    """The config of ``cls`` from ``--config`` (a flat mapping of its fields, or of a run config whose
+    ``section`` holds them) overridden by the flags given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)} | {option_name(f) for f in dataclasses.fields(cls)}
+    values: dict = {}
+    source = "command line"
+    if getattr(args, "config", None):
+        data = read_yaml(args.config)
+        if section and isinstance(data.get(section), dict):
+            data = data[section]
+        values.update(data)
+        source = f"{args.config} / command line"
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return build(cls, values, source)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def to_dict(config) -> dict:
+    """Every field under its option name, as plain JSON/YAML values (tuples as lists): what ``--config``
+    reads back."""
+    import json
+
+    data = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return {option_name(f): data[f.name] for f in dataclasses.fields(config)}
+
+
+def output_settings(config) -> dict:
+    """The fields of ``config`` that decide what its stage writes (those not declared ``output=False``)."""
+    data = to_dict(config)
+    return {option_name(f): data[option_name(f)] for f in dataclasses.fields(config) if f.metadata.get("output", True)}
+
+
+def write_yaml(config, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+__all__ = ["add_arguments", "build", "from_args", "opt", "output_settings", "required", "to_dict", "dataclass"]

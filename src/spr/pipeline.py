@@ -1,0 +1,358 @@
+"""`spr run`: the whole method on one model and its data, for K rounds, in one resumable run directory.
+
+Read top to bottom: the config (one section per stage, holding that stage's own config fields); the plan (every
+step of every round, as the stage command and its config, in order); running the plan (each step once, skipping
+those done, each stage resuming itself); the results table that grows a row per round.
+
+A round is regions -> generate -> score -> pairs -> train -> merge -> eval. Round k+1 samples its candidates from
+round k's merged model (on fresh regions, or round 1's), and its DPO reference is round k's model (``reference:
+previous``: a new LoRA on the merged model) or the base (``reference: base``: round k's adapter trained on, the
+frozen base as reference). Every round's model, and the base, is evaluated on the same evaluation data.
+
+Layout::
+
+    RUN/run.yaml                 the resolved config          RUN/spr_settings.json  what resuming must match
+    RUN/run_state.json           steps done                   RUN/results.json, results.md, report.html
+    RUN/world/                   the shapes world (``world`` section; the demo)
+    RUN/eval/regions.jsonl       held-out regions for the description task (``eval_regions`` section)
+    RUN/eval/base/<task>/        the base model's evaluation
+    RUN/round-K/{regions,candidates,scores,pairs,dpo}.jsonl, adapter/, model/, eval/<task>/, <stage>.yaml
+
+``spr run --dry-run`` writes every step's YAML and prints one command per step with its launcher, to submit to a
+scheduler as separate jobs. String values may use ``{run}``, ``{world}`` (``{run}/world``) and ``{assets}`` (the
+shapes world's shipped models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from . import config as C
+from .config import opt, required
+from .data.guard import StageOutput
+from .errors import UserError
+from .stages import command, run_stage
+
+ASSETS = Path(__file__).parent / "toy" / "assets"
+STAGE_SECTIONS = ("regions", "generate", "score", "pairs", "train", "merge")
+# what the run sets itself in each section (the files of the round); a section may not set them
+RUN_SET = {
+    "regions": ("out",),
+    "generate": ("model", "regions", "out"),
+    "score": ("regions", "candidates", "out"),
+    "pairs": ("regions", "candidates", "scores", "out", "dpo_out"),
+    "train": ("model", "data", "out", "adapter", "reference"),
+    "merge": ("adapter", "base", "out"),
+}
+LAUNCHERS = ("python", "accelerate", "torchrun")
+
+
+@dataclass
+class RunConfig:
+    """`spr run`: the stages of SPR for ``rounds`` rounds. Each section holds the fields of that stage's own
+    config (`spr <stage> --help`); the run fills in the files."""
+
+    out: str = opt(required, "run directory (the same command resumes a killed run)", output=False)
+    model: str = opt(required, "the base model directory")
+    rounds: int = opt(1, "SPR rounds; round k+1 samples from round k's model (on-policy)")
+    fresh_regions: bool = opt(True, "each round draws its own regions (seed + round); off: every round uses round 1's")
+    reference: Literal["previous", "base"] = opt(
+        "previous", "DPO reference of round k+1: round k's model, or the base (round k's adapter trained on)"
+    )
+    world: dict | None = opt(None, "a shapes world to generate first into {run}/world (`spr toy world` fields)")
+    regions: dict = opt({}, "`spr regions` fields: annotations, images, objects_per_region, seed ...")
+    eval_regions: dict | None = opt(None, "`spr regions` fields for held-out regions (the description task's data)")
+    generate: dict = opt({}, "`spr generate` fields: samples, temperature, prompts, include_greedy ...")
+    score: dict = opt({}, "`spr score` fields: semantic, clip_model, lambda ...")
+    pairs: dict = opt({}, "`spr pairs` fields: pairing, min_margin")
+    train: dict = opt({}, "`spr train` fields: learning_rate, beta, loss_type, lora_r ...")
+    merge: dict = opt({}, "`spr merge` fields: dtype")
+    eval: dict = opt({}, "evaluation tasks to run on the base and every round: {task: its `spr eval` fields}")
+    launcher: dict = opt(
+        {}, "per stage, how to start it: {stage: {kind: python|accelerate|torchrun, config_file, num_processes}}"
+    )
+    report: bool = opt(True, "write report.html at the end (spr report)")
+    title: str = opt("SPR run", "title of results.md and report.html")
+    dry_run: bool = opt(False, "write every step's config and print its command, run nothing", output=False)
+    overwrite: bool = opt(False, "discard what the run directory holds and start afresh", output=False)
+    set: list[str] = opt(
+        [], "override a section field: section.field=value (YAML value), repeatable", output=False, name="set"
+    )
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        for name in STAGE_SECTIONS:
+            taken = sorted(set(getattr(self, name)) & set(RUN_SET[name]))
+            if taken:
+                raise ValueError(f"section {name}: {', '.join(taken)} are set by the run (the round's files)")
+        for stage, spec in self.launcher.items():
+            if stage not in (*STAGE_SECTIONS, "eval") or (spec or {}).get("kind", "python") not in LAUNCHERS:
+                raise ValueError(f"launcher {stage}: {spec}; stages: {', '.join(STAGE_SECTIONS)}, eval; kinds: {', '.join(LAUNCHERS)}")
+
+
+HELP = "Run the whole method (regions -> ... -> eval) for K on-policy rounds in one resumable run directory."
+Config = RunConfig
+
+
+# ------------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class Step:
+    name: str  # "round-1/generate"
+    stage: str  # the command: "generate", "eval rec" ...
+    config: object  # an instance of the stage's Config
+    section: str = ""  # the launcher section
+    after: str = ""  # a function of this module run after the step (results)
+
+
+def _fill(value, values: dict):
+    """``{run}``-style placeholders in every string of ``value``."""
+    if isinstance(value, str):
+        for k, v in values.items():
+            value = value.replace("{" + k + "}", str(v))
+        return value
+    if isinstance(value, list):
+        return [_fill(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, values) for k, v in value.items()}
+    return value
+
+
+def apply_overrides(config: RunConfig) -> RunConfig:
+    """``--set generate.samples=8``: a section field, its value read as YAML."""
+    import yaml
+
+    changes: dict[str, dict] = {}
+    for item in config.set:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and name):
+            raise UserError(f"--set {item!r}: write section.field=value")
+        if section not in (*STAGE_SECTIONS, "world", "eval_regions", "eval"):
+            raise UserError(f"--set {item!r}: no section {section!r}")
+        target = changes.setdefault(section, dict(getattr(config, section) or {}))
+        value = yaml.safe_load(raw)
+        if section == "eval":  # eval.rec.limit=100
+            task, _, field_name = name.partition(".")
+            target.setdefault(task, {})[field_name] = value
+        else:
+            target[name] = value
+    return replace(config, **changes, set=[]) if changes else config
+
+
+def _stage_config(stage: str, section: str, values: dict):
+    cls = command(stage).Config
+    return C.build(cls, values, source=f"run config, section {section}")
+
+
+def plan(config: RunConfig) -> list[Step]:
+    """Every step of the run, in order, with its config (files filled in)."""
+    run = Path(config.out).resolve()
+    values = {"run": run, "world": run / "world", "assets": ASSETS}
+    c = replace(config, **{k: _fill(getattr(config, k), values) for k in
+                           ("model", "world", "regions", "eval_regions", "generate", "score", "pairs", "train",
+                            "merge", "eval")})  # fmt: skip
+    steps: list[Step] = []
+    if c.world is not None:
+        steps.append(Step("world", "toy world", _stage_config("toy world", "world", {**c.world, "out": str(run / "world")})))
+    eval_regions = None
+    if c.eval_regions is not None:
+        eval_regions = run / "eval" / "regions.jsonl"
+        steps.append(Step("eval-regions", "regions", _stage_config("regions", "eval_regions", {**c.eval_regions, "out": str(eval_regions)}), "regions"))  # fmt: skip
+
+    def evaluations(model: str, where: Path, label: str) -> list[Step]:
+        out = []
+        for task, fields in c.eval.items():
+            fields = dict(fields or {})
+            if task == "description" and "data" not in fields and eval_regions is not None:
+                fields["data"] = str(eval_regions)
+            cfg = _stage_config(f"eval {task}", f"eval.{task}", {**fields, "model": model, "out": str(where / task)})
+            out.append(Step(f"{label}/eval {task}", f"eval {task}", cfg, "eval"))
+        return out
+
+    steps += evaluations(c.model, run / "eval" / "base", "eval/base")
+    policy, adapter = c.model, None
+    for k in range(1, c.rounds + 1):
+        d = run / f"round-{k}"
+        seed_regions, seed_generate = int(c.regions.get("seed", 0)), int(c.generate.get("seed", 0))
+        if k == 1 or c.fresh_regions:
+            regions = d / "regions.jsonl"
+            steps.append(Step(f"round-{k}/regions", "regions", _stage_config("regions", "regions", {
+                **c.regions, "out": str(regions), "seed": seed_regions + k - 1}), "regions"))  # fmt: skip
+        files = {n: str(d / f"{n}.jsonl") for n in ("candidates", "scores", "pairs", "dpo")}
+        steps += [
+            Step(f"round-{k}/generate", "generate", _stage_config("generate", "generate", {
+                **c.generate, "model": policy, "regions": str(regions), "out": files["candidates"],
+                "seed": seed_generate + k - 1}), "generate"),
+            Step(f"round-{k}/score", "score", _stage_config("score", "score", {
+                **c.score, "regions": str(regions), "candidates": files["candidates"], "out": files["scores"]}), "score"),
+            Step(f"round-{k}/pairs", "pairs", _stage_config("pairs", "pairs", {
+                **c.pairs, "regions": str(regions), "candidates": files["candidates"], "scores": files["scores"],
+                "out": files["pairs"], "dpo_out": files["dpo"]}), "pairs"),
+        ]  # fmt: skip
+        if c.reference == "base":  # keep training round k-1's adapter on the base; the base stays the reference
+            train_model, merge_base = c.model, c.model
+        else:  # a new adapter on round k-1's model, which is then the reference
+            train_model, merge_base, adapter = policy, policy, None
+        steps.append(Step(f"round-{k}/train", "train", _stage_config("train", "train", {
+            **c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}), "train"))  # fmt: skip
+        steps.append(Step(f"round-{k}/merge", "merge", _stage_config("merge", "merge", {
+            **c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}), "merge"))  # fmt: skip
+        policy, adapter = str(d / "model"), str(d / "adapter")
+        steps += evaluations(policy, d / "eval", f"round-{k}")
+    return steps
+
+
+def command_line(step: Step, config_file: Path, launchers: dict) -> list[str]:
+    """The shell command of ``step``: its launcher, then `spr <stage> --config <file>`."""
+    spec = dict(launchers.get(step.section) or {})
+    kind = spec.get("kind", "python")
+    n = str(spec.get("num_processes", 1))
+    if kind == "accelerate":
+        prefix = ["accelerate", "launch"]
+        if spec.get("config_file"):
+            prefix += ["--config_file", str(spec["config_file"])]
+        prefix += ["--num_processes", n, "-m", "spr.cli"]
+    elif kind == "torchrun":
+        prefix = ["torchrun", "--standalone", "--nproc_per_node", n, "-m", "spr.cli"]
+    else:
+        prefix = ["python", "-m", "spr.cli"]
+    return [*prefix, *step.stage.split(), "--config", str(config_file)]
+
+
+def config_file(run: Path, step: Step) -> Path:
+    return run / (step.name.replace(" ", "-") + ".yaml")
+
+
+# ---------------------------------------------------------------------------------------------- running it
+
+
+class RunState:
+    """``run_state.json``: which steps are done, and how long each took."""
+
+    def __init__(self, run: Path):
+        self.path = run / "run_state.json"
+        self.done: dict[str, float] = json.loads(self.path.read_text())["done"] if self.path.exists() else {}
+
+    def mark(self, step: str, seconds: float) -> None:
+        self.done[step] = round(seconds, 1)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"done": self.done}, indent=1))
+        os.replace(tmp, self.path)
+
+
+def execute(step: Step, file: Path, launchers: dict) -> None:
+    """In this process for the python launcher (no second start-up of torch), else as a subprocess."""
+    spec = launchers.get(step.section) or {}
+    if spec.get("kind", "python") == "python":
+        run_stage(step.stage, step.config)
+        return
+    cmd = command_line(step, file, launchers)
+    cmd[0] = str(Path(sys.executable).with_name(cmd[0])) if cmd[0] != "python" else sys.executable
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        raise UserError(f"step {step.name} failed (exit {result.returncode}): {shlex.join(cmd)}")
+
+
+def run_pipeline(config: RunConfig, log=print) -> dict | None:
+    config = apply_overrides(config)
+    run = Path(config.out).resolve()
+    steps = plan(config)
+    if config.dry_run:
+        for step in steps:
+            file = config_file(run, step)
+            C.write_yaml(step.config, file)
+            log(shlex.join(command_line(step, file, config.launcher)))
+        return None
+    with StageOutput(run, "run", C.output_settings(config), config.overwrite, directory=True):
+        C.write_yaml(config, run / "run.yaml")
+        state = RunState(run)
+        started = time.time()
+        for i, step in enumerate(steps, start=1):
+            label = f"[{i}/{len(steps)}] {step.name}"
+            if step.name in state.done:
+                log(f"{label}: done earlier, skipped")
+                continue
+            log(f"\n{label}")
+            file = config_file(run, step)
+            C.write_yaml(step.config, file)
+            t = time.time()
+            execute(step, file, config.launcher)
+            state.mark(step.name, time.time() - t)
+        results = write_results(config, run, log)
+        log(f"\nrun finished in {time.time() - started:.0f} s: {run / 'results.md'}")
+        return results
+
+
+# -------------------------------------------------------------------------------------------------- results
+
+
+def model_metrics(task_dirs: dict[str, Path]) -> dict:
+    """One flat row of a model's metrics: REC's unprefixed (acc@0.5 ...), other tasks' as <task>_<metric>."""
+    from .evaluate import get_task
+
+    row: dict = {}
+    for task, d in task_dirs.items():
+        metrics = json.loads((d / "metrics.json").read_text())
+        for m in get_task(task).metrics:
+            if isinstance(metrics.get(m.name), int | float):
+                row[m.name if task == "rec" else f"{task}_{m.name}"] = metrics[m.name]
+        row[f"{task}_n"] = metrics.get("n")
+    return row
+
+
+def write_results(config: RunConfig, run: Path, log=print) -> dict:
+    from .table import markdown_table
+
+    models = {"base": model_metrics({t: run / "eval" / "base" / t for t in config.eval})}
+    for k in range(1, config.rounds + 1):
+        models[f"round {k}"] = model_metrics({t: run / f"round-{k}" / "eval" / t for t in config.eval})
+    first = next(iter(models.values()), {})
+    results = {
+        "eval": {"rec_n": first.get("rec_n"), "description_n": first.get("description_n"), "note": config.title},
+        "models": models,
+        "pairs": [_summary(run / f"round-{k}" / "pairs.summary.json") for k in range(1, config.rounds + 1)],
+    }
+    (run / "results.json").write_text(json.dumps(results, indent=1))
+    keys = [k for k in first if not k.endswith("_n")]
+    names = list(models)
+    rows = [[k, *(models[n].get(k) for n in names), _delta(models[names[-1]].get(k), first.get(k))] for k in keys]
+    table = markdown_table(["metric", *names, f"{names[-1]} - base"], rows)
+    text = f"# {config.title}\n\n{_eval_note(first)}\n\n{table}\n"
+    (run / "results.md").write_text(text)
+    log("\n" + text)
+    if config.report:
+        from .report.command import ReportConfig
+
+        run_stage("report", ReportConfig(run=str(run / "round-1"), results=str(run / "results.json"),
+                                         out=str(run / "report.html"), title=config.title))  # fmt: skip
+    return results
+
+
+def _summary(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _delta(a, b):
+    return a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
+
+
+def _eval_note(row: dict) -> str:
+    parts = [f"{k[:-2]}: {v} samples" for k, v in row.items() if k.endswith("_n") and v is not None]
+    return "Evaluated on the same data for every model (" + "; ".join(parts) + "); accuracy at IoU t counts IoU >= t."
+
+
+def run(config: RunConfig) -> int:
+    run_pipeline(config)
+    return 0
+

@@ -1,0 +1,230 @@
+"""The sampling loop of `spr generate`: for each region and prompt, N grounded descriptions from the model.
+
+Prompts of several regions go through one ``generate`` call (left padding), each with ``num_return_sequences``
+samples. Every output is parsed with the family's box codec in coordinates of the image the model saw (the crop
+for crop prompts) and stored in original-image pixels. Candidate ids are ``{region_id}/{prompt_id}/{sample}``
+(``.../greedy`` for the greedy answer that ``include_greedy`` adds); ids already written are skipped.
+
+Randomness is per candidate: every output row samples from its own random stream, seeded by the run seed and
+its candidate id (:class:`RowSampler`). What a candidate says therefore does not depend on which other prompts
+share its batch, where a killed run resumed, or how many processes share the work: a resumed or sharded run
+writes the same candidates as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import formats
+from .data.images import ImageProblem, load_image
+from .data.records import Candidate, Region
+from .prompts import RenderedPrompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateStats:
+    regions: int = 0
+    regions_skipped: Counter = field(default_factory=Counter)
+    skip_examples: list[str] = field(default_factory=list)
+    written: int = 0
+    already_present: int = 0
+    with_problems: int = 0
+    without_boxes: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    prompts_skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, region_id: str, reason: str, detail: str, prompt_id: str | None = None) -> None:
+        """Report a region (or one prompt of it, when ``prompt_id`` is given) that is skipped, and why."""
+        (self.prompts_skipped if prompt_id else self.regions_skipped)[reason] += 1
+        where = f"region {region_id}" + (f" prompt {prompt_id}" if prompt_id else "")
+        message = f"{where}: {reason}: {detail}"
+        if len(self.skip_examples) < 20:
+            self.skip_examples.append(message)
+        log.warning(message)
+
+    def merge(self, other: GenerateStats) -> None:
+        self.regions += other.regions
+        self.regions_skipped.update(other.regions_skipped)
+        self.prompts_skipped.update(other.prompts_skipped)
+        self.skip_examples += other.skip_examples[: max(0, 20 - len(self.skip_examples))]
+        for name in ("written", "already_present", "with_problems", "without_boxes", "new_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds = max(self.seconds, other.seconds)
+
+
+GREEDY = -1  # the sample number of the greedy answer
+
+
+def candidate_id(region_id: str, prompt_id: str, sample: int) -> str:
+    return f"{region_id}/{prompt_id}/{'greedy' if sample == GREEDY else sample}"
+
+
+def row_seed(seed: int, cid: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{cid}".encode()).digest()[:8], "little")
+
+
+class RowSampler:
+    """A logits processor that samples the next token of every row from that row's own random stream
+    (temperature, then nucleus top-p) and leaves only that token possible, so that greedy decoding takes it.
+    A row without a seed decodes greedily."""
+
+    def __init__(self, seeds: list[int | None], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float()
+        chosen = logits.argmax(-1).cpu()
+        probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < self.top_p  # the smallest set reaching top_p
+        sorted_p = sorted_p * keep
+        cumulative = sorted_p.cumsum(-1)
+        for row, g in enumerate(self.generators):
+            if g is None:
+                continue
+            u = torch.rand((), generator=g, dtype=torch.float64).item() * float(cumulative[row, -1])
+            k = min(int(torch.searchsorted(cumulative[row], torch.tensor([u], dtype=cumulative.dtype))), len(order[row]) - 1)
+            chosen[row] = order[row, k]
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(-1, chosen.to(scores.device).unsqueeze(-1), 0.0)
+        return out
+
+
+def make_candidate(
+    region: Region, prompt: RenderedPrompt, sample: int, text: str, fmt: str, pixel_budget: dict | None = None
+) -> Candidate:
+    parsed = formats.parse(text, fmt, image_size=prompt.view_size, **prompt.geometry)
+    return Candidate(
+        id=candidate_id(region.id, prompt.prompt_id, sample),
+        region_id=region.id,
+        prompt_id=prompt.prompt_id,
+        prompt=prompt.text,
+        sample=sample,
+        text=text,
+        groundings=prompt.groundings_to_original(parsed),
+        problems=list(parsed.problems),
+        fmt=fmt,
+        geometry=dict(prompt.geometry),
+        pixel_budget=dict(pixel_budget or {}),
+        image=region.image,
+        crop_box=list(prompt.crop_box) if prompt.crop_box else None,
+    )
+
+
+@dataclass
+class _Item:
+    region: Region
+    prompt: RenderedPrompt
+    image: object  # PIL image of the view
+
+
+def _items(adapter, regions, templates, done: set[str], samples: list[int], stats: GenerateStats, max_pixels: int):
+    """For each region, its (region, prompt) work items still missing at least one sample, with their view
+    images (an empty list when there is nothing to do). Regions with a bad image are reported and skipped."""
+    for region in regions:
+        rendered = []
+        for t in templates:
+            try:
+                rendered += adapter.description_prompts(region, [t])
+            except ValueError as e:  # e.g. a crop the processor refuses (Qwen2-VL: aspect ratio over 200)
+                stats.skip(region.id, "view refused by the processor", str(e), prompt_id=t.id)
+        todo = [p for p in rendered if any(candidate_id(region.id, p.prompt_id, s) not in done for s in samples)]
+        stats.already_present += sum(candidate_id(region.id, p.prompt_id, s) in done for p in rendered for s in samples)
+        if not todo:
+            yield []
+            continue
+        try:
+            image = load_image(region.image, max_pixels, expected_size=region.image_size)
+        except ImageProblem as e:
+            stats.skip(region.id, e.kind, e.detail)
+            yield []
+            continue
+        yield [_Item(region, p, p.view_image(image)) for p in todo]
+
+
+def expected_ids(regions, templates, config) -> list[str]:
+    """Every candidate id of a run, in the order one process writes them."""
+    samples = list(range(config.samples)) + ([GREEDY] if config.include_greedy and config.temperature > 0 else [])
+    return [candidate_id(r.id, t.id, s) for r in regions for t in templates for s in samples]
+
+
+def generate_into(adapter, regions, templates, writer, config, done=None, progress: bool = True) -> GenerateStats:
+    """Sample candidates for ``regions`` x ``templates`` into ``writer`` (a JsonlWriter) with the sampling
+    settings of ``config`` (a :class:`spr.generate.GenerateConfig`), skipping ids in ``done`` and in the
+    writer. Returns the run's statistics."""
+    from tqdm import tqdm
+
+    stats = GenerateStats(regions=len(regions))
+    done = set(done or ()) | writer.ids
+    greedy = config.temperature <= 0
+    samples = list(range(config.samples)) + ([GREEDY] if config.include_greedy and not greedy else [])
+    gen_kwargs = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=len(samples), do_sample=False)
+    if not greedy:  # the sampling is RowSampler's; transformers' sampler only takes the one token it leaves
+        gen_kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    if config.min_new_tokens:
+        gen_kwargs["min_new_tokens"] = config.min_new_tokens
+    start = time.perf_counter()
+    bar = tqdm(total=len(regions), desc="generate", unit="region", disable=not progress or None, dynamic_ncols=True)
+    pending: list[_Item] = []
+
+    def run_batch(items: list[_Item]) -> None:
+        try:
+            inputs = adapter.build_inputs([it.image for it in items], [it.prompt.text for it in items])
+        except ValueError as e:  # the processor refuses one of the images: find it, run the others
+            if len(items) > 1:
+                for item in items:
+                    run_batch([item])
+            else:
+                stats.skip(
+                    items[0].region.id, "view refused by the processor", str(e), items[0].prompt.prompt_id
+                )
+            return
+        ids = [candidate_id(it.region.id, it.prompt.prompt_id, s) for it in items for s in samples]
+        kwargs = dict(gen_kwargs)
+        if not greedy:
+            seeds = [None if cid.endswith("/greedy") else row_seed(config.seed, cid) for cid in ids]
+            kwargs["logits_processor"] = [RowSampler(seeds, config.temperature, config.top_p)]
+        new = adapter.generate(inputs, **kwargs)
+        for row, tokens in enumerate(new):
+            item, sample = items[row // len(samples)], samples[row % len(samples)]
+            stats.new_tokens += adapter.count_new_tokens(tokens)
+            cand = make_candidate(
+                item.region, item.prompt, sample, adapter.decode(tokens), adapter.fmt, adapter.pixel_budget()
+            )
+            if writer.write(cand):
+                stats.written += 1
+                stats.with_problems += bool(cand.problems)
+                stats.without_boxes += not cand.groundings
+
+    def flush():
+        nonlocal pending
+        if not pending:
+            return
+        run_batch(pending)
+        pending = []
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(candidates=stats.written, tok_s=f"{stats.new_tokens / max(elapsed, 1e-9):.1f}")
+
+    for region_items in _items(adapter, regions, templates, done, samples, stats, config.max_image_pixels):
+        for item in region_items:
+            pending.append(item)
+            if len(pending) >= config.batch_size:
+                flush()
+        bar.update(1)
+    flush()
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats

@@ -1,0 +1,62 @@
+"""Which parts of a VLM train: LoRA on the language model's linear layers, the vision encoder and projector
+frozen unless asked. The module names come from the family's :class:`~spr.models.FamilySpec`."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import UserError
+
+
+def _present(model, names) -> list[str]:
+    modules = dict(model.named_modules())
+    return [n for n in names if n in modules]
+
+
+def language_module(model, spec) -> str:
+    if not _present(model, [spec.language_module]):
+        raise UserError(
+            f"{type(model).__name__}: no module {spec.language_module!r} (the {spec.name} family's language "
+            "model); is --family right?"
+        )
+    return spec.language_module
+
+
+def lora_target_regex(model, spec, targets, train_vision: bool) -> str:
+    """A PEFT ``target_modules`` regex: the ``targets`` linears inside the language model, plus every linear of
+    the vision parts when ``train_vision``. Checked to match at least one module."""
+    import torch
+
+    language = language_module(model, spec)
+    patterns = [rf"{re.escape(language)}\..*\.(?:{'|'.join(map(re.escape, targets))})"]
+    if train_vision:
+        for v in _present(model, spec.vision_modules):
+            leaves = sorted(
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if n.startswith(v + ".") and isinstance(m, torch.nn.Linear)
+                }
+            )
+            if leaves:
+                patterns.append(rf"{re.escape(v)}\..*\.(?:{'|'.join(map(re.escape, leaves))})")
+    regex = "^(?:" + "|".join(patterns) + ")$"
+    matched = [n for n, m in model.named_modules() if re.fullmatch(regex, n) and isinstance(m, torch.nn.Linear)]
+    if not matched:
+        raise UserError(
+            f"no linear layer of the language model ({language}) is named one of {list(targets)}; "
+            "set --lora-target-modules to names that exist"
+        )
+    return regex
+
+
+def freeze_vision(model, spec) -> int:
+    """Freeze the vision encoder and projector; returns the number of parameters frozen."""
+    n = 0
+    modules = dict(model.named_modules())
+    for name in _present(model, spec.vision_modules):
+        for p in modules[name].parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                n += p.numel()
+    return n
