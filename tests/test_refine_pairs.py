@@ -263,3 +263,40 @@ def test_score_then_pairs_commands(tmp_path, capsys):
     empty.write_text("")
     assert main(["pairs", *files, "--scores", str(empty), "--out", str(run / "p3.jsonl")]) == 2
     assert "no score records" in capsys.readouterr().err
+
+
+def _hand_scores(region, totals: dict[str, tuple[float, float]]):
+    """Candidates and scores by hand: {sample: (original total, refined total)}, texts named after them."""
+    cands, scores = {}, []
+    for sample, (orig, ref) in totals.items():
+        cid = f"{region.id}/p0/{sample}"
+        cands[cid] = Candidate(id=cid, region_id=region.id, prompt_id="p0", prompt="Describe.", sample=-1 if sample == "greedy" else int(sample),
+                               text=f"text {sample}", fmt=FMT, image=region.image)  # fmt: skip
+        scores.append(Score(id=cid, candidate_id=cid, region_id=region.id, refined=False, text=f"text {sample}",
+                            semantic=0.0, localization=orig, total=orig))  # fmt: skip
+        scores.append(Score(id=cid + "#refined", candidate_id=cid, region_id=region.id, refined=True,
+                            text=f"text {sample} refined", semantic=0.0, localization=ref, total=ref))  # fmt: skip
+    return cands, scores
+
+
+@pytest.mark.parametrize(
+    "pairing, chosen, rejected",
+    [
+        ("paper", "text 1 refined", "text 2"),  # best refined vs worst original
+        ("self_refined", "text 0 refined", "text 0"),  # the candidate refinement helped most, against itself
+        ("best_vs_worst", "text 1", "text 2"),  # originals only
+    ],
+)
+def test_each_pairing_rule_pairs_the_texts_it_says(region, pairing, chosen, rejected):
+    cands, scores = _hand_scores(region, {"0": (0.2, 0.9), "1": (0.6, 0.95), "2": (0.1, 0.15)})
+    (pair,), _ = build_pairs({region.id: region}, cands, scores, PairConfig(pairing=pairing))
+    assert (pair.chosen, pair.rejected, pair.rule) == (chosen, rejected, pairing)
+
+
+def test_the_greedy_answer_competes_with_the_samples(region):
+    """With `generate --include-greedy`, the greedy answer is one more original: the chosen is never below it."""
+    cands, scores = _hand_scores(region, {"0": (0.2, 0.3), "1": (0.1, 0.2), "greedy": (0.7, 0.8)})
+    (pair,), _ = build_pairs({region.id: region}, cands, scores, PairConfig(pairing="paper"))
+    assert pair.chosen_id == f"{region.id}/p0/greedy#refined" and pair.rejected == "text 1"
+    (best,), _ = build_pairs({region.id: region}, cands, scores, PairConfig(pairing="best_vs_worst"))
+    assert best.chosen == "text greedy"

@@ -208,9 +208,13 @@ Config = GenerateConfig
 
 
 def run(config: GenerateConfig) -> int:
+    import json
+
     stats = run_generate(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary_table(stats, Path(config.out)))
+        summary = {k: v for k, v in stats.__dict__.items() if isinstance(v, int | float)}
+        Path(config.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
         if stats.regions and not stats.written and not stats.already_present:
             raise UserError(f"no candidate could be made from {config.regions}: every region was skipped (see above)")
     return 0

@@ -130,24 +130,42 @@ def _fill(value, values: dict):
 
 def apply_overrides(config: RunConfig) -> RunConfig:
     """``--set generate.samples=8``: a section field, its value read as YAML."""
-    import yaml
-
-    changes: dict[str, dict] = {}
+    changes: dict = {}
     for item in config.set:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
+        if sep and not dot and key in ("rounds", "reference", "fresh_regions", "model", "title"):
+            changes[key] = _yaml_value(raw)  # a top-level field: rounds=2
+            continue
         if not (sep and dot and name):
-            raise UserError(f"--set {item!r}: write section.field=value")
+            raise UserError(f"--set {item!r}: write section.field=value (or rounds=, reference=, model=)")
         if section not in (*STAGE_SECTIONS, "world", "eval_regions", "eval"):
             raise UserError(f"--set {item!r}: no section {section!r}")
         target = changes.setdefault(section, dict(getattr(config, section) or {}))
-        value = yaml.safe_load(raw)
+        value = _yaml_value(raw)
         if section == "eval":  # eval.rec.limit=100
             task, _, field_name = name.partition(".")
             target.setdefault(task, {})[field_name] = value
         else:
             target[name] = value
-    return replace(config, **changes, set=[]) if changes else config
+    if not changes:
+        return config
+    try:
+        return C.build(RunConfig, {**C.to_dict(config), **changes, "set": []}, source="--set")
+    except UserError as e:
+        raise UserError(str(e)) from None
+
+
+def _yaml_value(raw: str):
+    """A --set value as YAML reads it (3, true, [a, b]), except paths starting with a placeholder."""
+    import yaml
+
+    if raw.startswith(("{run}", "{world}", "{assets}")):
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _stage_config(stage: str, section: str, values: dict):
@@ -264,7 +282,9 @@ def execute(step: Step, file: Path, launchers: dict) -> None:
         raise UserError(f"step {step.name} failed (exit {result.returncode}): {shlex.join(cmd)}")
 
 
-def run_pipeline(config: RunConfig, log=print) -> dict | None:
+def run_pipeline(config: RunConfig, log=print, prepare=None) -> dict | None:
+    """Run (or resume) the plan of ``config``. ``prepare(run_dir, steps)``, when given, runs once the run
+    directory is locked and before any step (`spr toy ablate` copies what an arm shares with another)."""
     config = apply_overrides(config)
     run = Path(config.out).resolve()
     steps = plan(config)
@@ -276,6 +296,10 @@ def run_pipeline(config: RunConfig, log=print) -> dict | None:
         return None
     with StageOutput(run, "run", C.output_settings(config), config.overwrite, directory=True):
         C.write_yaml(config, run / "run.yaml")
+        for step in steps:
+            C.write_yaml(step.config, config_file(run, step))
+        if prepare is not None:
+            prepare(run, steps)
         state = RunState(run)
         started = time.time()
         for i, step in enumerate(steps, start=1):
@@ -284,10 +308,8 @@ def run_pipeline(config: RunConfig, log=print) -> dict | None:
                 log(f"{label}: done earlier, skipped")
                 continue
             log(f"\n{label}")
-            file = config_file(run, step)
-            C.write_yaml(step.config, file)
             t = time.time()
-            execute(step, file, config.launcher)
+            execute(step, config_file(run, step), config.launcher)
             state.mark(step.name, time.time() - t)
         results = write_results(config, run, log)
         log(f"\nrun finished in {time.time() - started:.0f} s: {run / 'results.md'}")
