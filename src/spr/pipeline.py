@@ -327,6 +327,8 @@ def model_metrics(task_dirs: dict[str, Path]) -> dict:
     for task, d in task_dirs.items():
         metrics = json.loads((d / "metrics.json").read_text())
         for m in get_task(task).metrics:
+            if m.name.endswith(("_small", "_medium", "_large")):  # per box size: in metrics.json
+                continue
             if isinstance(metrics.get(m.name), int | float):
                 row[m.name if task == "rec" else f"{task}_{m.name}"] = metrics[m.name]
         row[f"{task}_n"] = metrics.get("n")

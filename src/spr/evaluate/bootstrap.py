@@ -30,7 +30,14 @@ def resample_counts(rng, n: int, b: int) -> np.ndarray:
 
 
 def paired_bootstrap(
-    num_a, den_a, num_b, den_b, resamples: int = RESAMPLES, seed: int = SEED, level: float = 0.95, chunk: int = 250
+    num_a,
+    den_a,
+    num_b,
+    den_b,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = 0.95,
+    chunk: int = 250,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(delta, lo, hi) of B - A for m metrics given as (n, m) arrays (or (n,) for one metric) of per-sample
     numerators and denominators of the two runs, row i of A and of B being the same sample. ``delta`` is the
@@ -51,7 +58,9 @@ def paired_bootstrap(
     diffs = []
     for start in range(0, resamples, chunk):
         sums = resample_counts(rng, n, min(chunk, resamples - start)) @ x
-        diffs.append(_ratio(sums[:, 2 * m : 3 * m], sums[:, 3 * m :]) - _ratio(sums[:, :m], sums[:, m : 2 * m]))
+        diffs.append(
+            _ratio(sums[:, 2 * m : 3 * m], sums[:, 3 * m :]) - _ratio(sums[:, :m], sums[:, m : 2 * m])
+        )
     d = np.concatenate(diffs)
     tail = (1 - level) / 2 * 100
     lo, hi = np.full(m, np.nan), np.full(m, np.nan)

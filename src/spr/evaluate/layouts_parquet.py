@@ -155,7 +155,9 @@ def identify(data: bytes) -> str:
             with Image.open(io.BytesIO(data)) as im:
                 fmt, (w, h) = im.format or "", im.size
         except Exception as e:
-            raise ImageBytesError(f"{len(data)} bytes that are not a readable image ({type(e).__name__}: {e})") from None
+            raise ImageBytesError(
+                f"{len(data)} bytes that are not a readable image ({type(e).__name__}: {e})"
+            ) from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     if not fmt or w <= 0 or h <= 0:
@@ -163,7 +165,9 @@ def identify(data: bytes) -> str:
     return fmt
 
 
-def image_path(value, where: str, problems: list[str], store: ImageStore, base_dirs: list[Path]) -> str | None:
+def image_path(
+    value, where: str, problems: list[str], store: ImageStore, base_dirs: list[Path]
+) -> str | None:
     """The path of a row's image: bytes are written into ``store``; a path is looked up in ``base_dirs``."""
     data, path = None, None
     if isinstance(value, dict):

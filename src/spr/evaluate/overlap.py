@@ -85,7 +85,9 @@ def check(samples: list, regions: str | Path) -> tuple[list[str], dict]:
 
     eval_sizes = {p: _size(p) for p in eval_images}
     train_sizes = {p: _size(p) for p in train}
-    common = {s for s in eval_sizes.values() if s is not None} & {s for s in train_sizes.values() if s is not None}
+    common = {s for s in eval_sizes.values() if s is not None} & {
+        s for s in train_sizes.values() if s is not None
+    }
     train_hashes: dict[str, str] = {}
     for p, size in train_sizes.items():
         if size in common and (h := _sha256(p)):

@@ -37,17 +37,18 @@ IMAGES_TAR = "images.tar.gz"
 
 
 def is_refl4_columns(names) -> bool:
+    """Ref-L4's annotations: a ``caption`` per row and no embedded ``image`` (lmms-lab's files have both)."""
     names = set(names)
-    return {"caption", "bbox", "file_name"} <= names and "image" not in names
+    return "caption" in names and "image" not in names
 
 
 def is_refl4_json(path: Path) -> bool:
-    """A JSON list whose first object has Ref-L4's fields (reads the file's start only)."""
+    """A JSON list of objects with a ``caption`` (reads the file's start only)."""
     if path.suffix.lower() != ".json" or not path.is_file():
         return False
     with path.open("rb") as f:
         head = f.read(4096).lstrip()
-    return head.startswith(b"[") and all(k.encode() in head for k in ('"caption"', '"bbox"', '"file_name"'))
+    return head.startswith(b"[") and b'"caption"' in head
 
 
 def _rows_json(path: Path):
@@ -141,7 +142,9 @@ def read_refl4(
     return out
 
 
-def _from_tar(samples, unresolved: dict[str, list[int]], roots: list[Path], cache_dir, problems: list[str]) -> None:
+def _from_tar(
+    samples, unresolved: dict[str, list[int]], roots: list[Path], cache_dir, problems: list[str]
+) -> None:
     """Extract the images not found on disk from ``images.tar.gz`` (once, into ``cache_dir``)."""
     tar_path = next((r / IMAGES_TAR for r in roots if (r / IMAGES_TAR).is_file()), None)
     cache = Path(cache_dir) if cache_dir else None
@@ -151,7 +154,10 @@ def _from_tar(samples, unresolved: dict[str, list[int]], roots: list[Path], cach
                 for k in unresolved.pop(name):
                     samples[k].image = str(cache / name)
     if unresolved and tar_path is not None and cache is not None:
-        print(f"extracting {len(unresolved)} Ref-L4 image(s) from {tar_path} into {cache} (once) ...", file=sys.stderr)
+        print(
+            f"extracting {len(unresolved)} Ref-L4 image(s) from {tar_path} into {cache} (once) ...",
+            file=sys.stderr,
+        )
         for name, dest in _extract(tar_path, set(unresolved), cache, problems).items():
             for k in unresolved.pop(name):
                 samples[k].image = str(dest)

@@ -163,6 +163,9 @@ def evaluate(task: Task, config, adapter=None) -> dict:
 
     problems: list[str] = []
     samples = task.read(config, problems)
+    if not samples:
+        detail = f": {len(problems)} record(s) skipped, e.g. {problems[0]}" if problems else ""
+        raise UserError(f"{config.data}: no usable sample for `spr eval {task.name}`{detail}")
     if config.limit is not None:
         samples = samples[: config.limit]
     overlap_warnings, overlap = [], None
