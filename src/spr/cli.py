@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import config as C
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
+    if not sys.stderr.isatty():  # CI logs and files: no progress bars (ours: tqdm's disable=None)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers when it loads
     module = getattr(args, "_module", None)
     if module is None:
         (getattr(args, "_parser", None) or parser).print_help()

@@ -4,7 +4,9 @@ Read top to bottom: the config (one section per stage, holding that stage's own 
 step of every round, as the stage command and its config, in order); running the plan (each step once, skipping
 those done, each stage resuming itself); the results table that grows a row per round.
 
-A round is regions -> generate -> score -> pairs -> train -> merge -> eval. Round k+1 samples its candidates from
+A round is regions -> generate -> score -> pairs -> train -> merge -> eval (``method: dpo``, SPR as published),
+or regions -> grpo -> merge -> eval (``method: grpo``: online RL with the same scores as rewards, `spr grpo`);
+``method`` may list one per round. Round k+1 samples its candidates from
 round k's merged model (on fresh regions, or round 1's), and its DPO reference is round k's model (``reference:
 previous``: a new LoRA on the merged model) or the base (``reference: base``: round k's adapter trained on, the
 frozen base as reference). Every round's model, and the base, is evaluated on the same evaluation data.
@@ -42,7 +44,7 @@ from .errors import UserError
 from .stages import command, run_stage
 
 ASSETS = Path(__file__).parent / "toy" / "assets"
-STAGE_SECTIONS = ("regions", "generate", "score", "pairs", "train", "merge")
+STAGE_SECTIONS = ("regions", "generate", "score", "pairs", "train", "grpo", "merge")
 # what the run sets itself in each section (the files of the round); a section may not set them
 RUN_SET = {
     "regions": ("out",),
@@ -50,6 +52,7 @@ RUN_SET = {
     "score": ("regions", "candidates", "out"),
     "pairs": ("regions", "candidates", "scores", "out", "dpo_out"),
     "train": ("model", "data", "out", "adapter", "reference"),
+    "grpo": ("model", "out"),
     "merge": ("adapter", "base", "out"),
 }
 LAUNCHERS = ("python", "accelerate", "torchrun")
@@ -67,6 +70,7 @@ class RunConfig:
     reference: Literal["previous", "base"] = opt(
         "previous", "DPO reference of round k+1: round k's model, or the base (round k's adapter trained on)"
     )
+    method: list[str] = opt(["dpo"], "dpo (SPR's pairs and DPO) or grpo (online RL, `spr grpo`); one, or one per round")
     world: dict | None = opt(None, "a shapes world to generate first into {run}/world (`spr toy world` fields)")
     regions: dict = opt({}, "`spr regions` fields: annotations, images, objects_per_region, seed ...")
     eval_regions: dict | None = opt(None, "`spr regions` fields for held-out regions (the description task's data)")
@@ -74,6 +78,7 @@ class RunConfig:
     score: dict = opt({}, "`spr score` fields: semantic, clip_model, lambda ...")
     pairs: dict = opt({}, "`spr pairs` fields: pairing, min_margin")
     train: dict = opt({}, "`spr train` fields: learning_rate, beta, loss_type, lora_r ...")
+    grpo: dict = opt({}, "`spr grpo` fields (method grpo): rewards, rec, num_generations ...; regions: round = the round's")
     merge: dict = opt({}, "`spr merge` fields: dtype")
     eval: dict = opt({}, "evaluation tasks to run on the base and every round: {task: its `spr eval` fields}")
     launcher: dict = opt(
@@ -90,6 +95,8 @@ class RunConfig:
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if len(self.method) not in (1, self.rounds) or set(self.method) - {"dpo", "grpo"}:
+            raise ValueError(f"method: dpo or grpo, once or once per round ({self.rounds}); got {self.method}")
         for name in STAGE_SECTIONS:
             taken = sorted(set(getattr(self, name)) & set(RUN_SET[name]))
             if taken:
@@ -134,11 +141,11 @@ def apply_overrides(config: RunConfig) -> RunConfig:
     for item in config.set:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
-        if sep and not dot and key in ("rounds", "reference", "fresh_regions", "model", "title"):
+        if sep and not dot and key in ("rounds", "reference", "method", "fresh_regions", "model", "title"):
             changes[key] = _yaml_value(raw)  # a top-level field: rounds=2
             continue
         if not (sep and dot and name):
-            raise UserError(f"--set {item!r}: write section.field=value (or rounds=, reference=, model=)")
+            raise UserError(f"--set {item!r}: write section.field=value (or rounds=, reference=, method=, model=)")
         if section not in (*STAGE_SECTIONS, "world", "eval_regions", "eval"):
             raise UserError(f"--set {item!r}: no section {section!r}")
         target = changes.setdefault(section, dict(getattr(config, section) or {}))
@@ -179,7 +186,7 @@ def plan(config: RunConfig) -> list[Step]:
     values = {"run": run, "world": run / "world", "assets": ASSETS}
     c = replace(config, **{k: _fill(getattr(config, k), values) for k in
                            ("model", "world", "regions", "eval_regions", "generate", "score", "pairs", "train",
-                            "merge", "eval")})  # fmt: skip
+                            "grpo", "merge", "eval")})  # fmt: skip
     steps: list[Step] = []
     if c.world is not None:
         steps.append(Step("world", "toy world", _stage_config("toy world", "world", {**c.world, "out": str(run / "world")})))
@@ -207,28 +214,43 @@ def plan(config: RunConfig) -> list[Step]:
             regions = d / "regions.jsonl"
             steps.append(Step(f"round-{k}/regions", "regions", _stage_config("regions", "regions", {
                 **c.regions, "out": str(regions), "seed": seed_regions + k - 1}), "regions"))  # fmt: skip
-        files = {n: str(d / f"{n}.jsonl") for n in ("candidates", "scores", "pairs", "dpo")}
-        steps += [
-            Step(f"round-{k}/generate", "generate", _stage_config("generate", "generate", {
-                **c.generate, "model": policy, "regions": str(regions), "out": files["candidates"],
-                "seed": seed_generate + k - 1}), "generate"),
-            Step(f"round-{k}/score", "score", _stage_config("score", "score", {
-                **c.score, "regions": str(regions), "candidates": files["candidates"], "out": files["scores"]}), "score"),
-            Step(f"round-{k}/pairs", "pairs", _stage_config("pairs", "pairs", {
-                **c.pairs, "regions": str(regions), "candidates": files["candidates"], "scores": files["scores"],
-                "out": files["pairs"], "dpo_out": files["dpo"]}), "pairs"),
-        ]  # fmt: skip
+        method = c.method[0] if len(c.method) == 1 else c.method[k - 1]
         if c.reference == "base":  # keep training round k-1's adapter on the base; the base stays the reference
             train_model, merge_base = c.model, c.model
         else:  # a new adapter on round k-1's model, which is then the reference
             train_model, merge_base, adapter = policy, policy, None
-        steps.append(Step(f"round-{k}/train", "train", _stage_config("train", "train", {
-            **c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}), "train"))  # fmt: skip
+        if method == "grpo":
+            fields = dict(c.grpo)
+            if fields.get("regions") == "round":
+                fields["regions"] = str(regions)
+            if adapter is not None:
+                raise UserError("reference: base continues round k's adapter, which `spr grpo` does not: use previous")
+            steps.append(Step(f"round-{k}/grpo", "grpo", _stage_config("grpo", "grpo", {
+                **fields, "model": train_model, "out": str(d / "adapter")}), "grpo"))  # fmt: skip
+        else:
+            steps += dpo_steps(c, k, d, regions, policy, train_model, adapter, seed_generate)
         steps.append(Step(f"round-{k}/merge", "merge", _stage_config("merge", "merge", {
             **c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}), "merge"))  # fmt: skip
         policy, adapter = str(d / "model"), str(d / "adapter")
         steps += evaluations(policy, d / "eval", f"round-{k}")
     return steps
+
+
+def dpo_steps(c: RunConfig, k: int, d: Path, regions: Path, policy: str, train_model: str, adapter, seed: int) -> list[Step]:
+    """SPR's round: candidates of the policy, scores, pairs, DPO."""
+    files = {n: str(d / f"{n}.jsonl") for n in ("candidates", "scores", "pairs", "dpo")}
+    return [
+        Step(f"round-{k}/generate", "generate", _stage_config("generate", "generate", {
+            **c.generate, "model": policy, "regions": str(regions), "out": files["candidates"],
+            "seed": seed + k - 1}), "generate"),
+        Step(f"round-{k}/score", "score", _stage_config("score", "score", {
+            **c.score, "regions": str(regions), "candidates": files["candidates"], "out": files["scores"]}), "score"),
+        Step(f"round-{k}/pairs", "pairs", _stage_config("pairs", "pairs", {
+            **c.pairs, "regions": str(regions), "candidates": files["candidates"], "scores": files["scores"],
+            "out": files["pairs"], "dpo_out": files["dpo"]}), "pairs"),
+        Step(f"round-{k}/train", "train", _stage_config("train", "train", {
+            **c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}), "train"),
+    ]  # fmt: skip
 
 
 def command_line(step: Step, config_file: Path, launchers: dict) -> list[str]:

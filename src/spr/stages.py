@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "pairs": "spr.pairs",
     "report": "spr.report.command",
     "train": "spr.train",
+    "grpo": "spr.grpo",
     "merge": "spr.merge",
     "eval": "spr.evaluate.cli",
     "run": "spr.pipeline",

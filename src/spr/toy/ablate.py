@@ -50,6 +50,15 @@ ARMS: dict[str, Arm] = {
     "rounds2": Arm("2 on-policy rounds", ("rounds=2",)),
     "rounds3": Arm("3 on-policy rounds", ("rounds=3",)),
     "continued": Arm("continued SFT (ground truth)", kind="continued"),
+    # online RL with the same scores as rewards (spr grpo), on REC prompts (VLM-R1's recipe) or descriptions
+    "grpo_iou": Arm("GRPO, IoU reward (REC)", ("method=grpo", "grpo.rec={world}/train/rec.jsonl",
+                                                "grpo.rewards=[iou]", "grpo.learning_rate=3e-4",
+                                                "grpo.per_device_train_batch_size=64", "grpo.max_completion_length=32")),
+    "grpo_spr": Arm("GRPO, SPR reward (descriptions)", ("method=grpo", "grpo.regions=round", "grpo.rewards=[spr]",
+                                                        "grpo.semantic=clip", "grpo.clip_model={assets}/clip",
+                                                        "grpo.learning_rate=3e-4",
+                                                        "grpo.per_device_train_batch_size=32",
+                                                        "grpo.max_completion_length=200")),
 }
 REC_KEYS = ("acc@0.5", "acc@0.6", "acc@0.7", "acc@0.8", "acc@0.9", "mean_iou")
 METRICS = (*REC_KEYS, "description_f1@0.5", "description_f1@0.75")
@@ -106,16 +115,18 @@ def arm_run_config(c: AblateConfig, arm: str, seed: int, out: Path):
 
     config = apply_overrides(config)
     steps = max(1, c.steps // config.rounds)
-    return apply_overrides(replace(config, set=[f"train.max_steps={steps}", "train.num_train_epochs=1000"]))
+    budget = [f"train.max_steps={steps}", "train.num_train_epochs=1000", f"grpo.max_steps={steps}",
+              "grpo.num_train_epochs=1000"]  # fmt: skip
+    return apply_overrides(replace(config, set=budget))
 
 
-def share_from(donor: Path, run: Path) -> None:
-    """Copy the stages of ``SHARED`` that ``donor`` finished under the same settings into ``run``; the settings
+def share_from(donor: Path, run: Path, prefixes=SHARED) -> None:
+    """Copy the stages of ``prefixes`` that ``donor`` finished under the same settings into ``run``; the settings
     headers that name the donor's own files are rewritten to name ``run``'s."""
     from ..pipeline import RunState
 
     done = RunState(donor).done
-    for prefix in SHARED:
+    for prefix in prefixes:
         for step in [s for s in done if s == prefix or s.startswith(prefix + "/")]:
             yaml_file = donor / (step.replace(" ", "-") + ".yaml")
             ours = run / yaml_file.relative_to(donor)
@@ -172,7 +183,7 @@ def run_continued(c: AblateConfig, config, seed: int, out: Path, donor: Path, lo
         for step in steps.values():
             C.write_yaml(step.config, config_file(out, step))
         if donor != out and (donor / "run_state.json").exists():
-            share_from(donor, out)
+            share_from(donor, out, prefixes=("world", "eval-regions", "eval/base"))
         state = RunState(out)
         data = out / "round-1" / "sft.jsonl"
         if "round-1/data" not in state.done:
@@ -284,7 +295,10 @@ def arm_cost(run: Path) -> dict:
     done = RunState(run).done
     tokens = 0
     for summary in run.glob("round-*/candidates.summary.json"):
-        tokens += json.loads(summary.read_text()).get("new_tokens", 0)
+        if f"{summary.parent.name}/generate" in done:  # sampled by this arm (or copied from the first: the same)
+            tokens += json.loads(summary.read_text()).get("new_tokens", 0)
+    for trained in run.glob("round-*/adapter/spr_train.json"):  # online RL samples while it trains
+        tokens += json.loads(trained.read_text()).get("generated tokens", 0)
     return {"seconds": round(sum(done.values()), 1), "generated tokens": tokens}
 
 

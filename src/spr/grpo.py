@@ -1,0 +1,595 @@
+"""`spr grpo`: online RL with the SPR scores as rewards, TRL's GRPOTrainer, LoRA on the language model.
+
+Read top to bottom: the config; the prompts (grounded-description prompts of regions, the family's REC prompt of
+referring expressions) as a dataset whose rows carry what the rewards read (:mod:`spr.rewards`); the trainer
+(the model in its precision on its device, as in `spr train`; LoRA on the language model's linears); the run
+(resume from the newest complete checkpoint, save, a summary table, tear the process group down).
+
+Each step samples ``num_generations`` completions per prompt, scores each with the weighted rewards, and moves
+the policy towards the completions that score above their group's mean. A group whose completions all score
+the same gives no signal (TRL's ``frac_reward_zero_std``).
+
+Output directory, like `spr train`'s: ``checkpoint-N/`` (resumable), the final adapter with the processor,
+``spr_train.json`` (the config, the base model path, the summary; what ``spr merge`` reads),
+``train_log.jsonl`` (per log step: reward, rewards/<name>/mean, frac_reward_zero_std, completions/mean_length
+...), and ``completions.jsonl`` (a few sampled completions per logged step with their parsed boxes and rewards).
+
+Scaling: ``accelerate launch --config_file configs/accelerate/<multi_cpu|ddp|zero2|zero3>.yaml -m spr.cli grpo
+...``; generation with vLLM through TRL's ``use_vllm`` options (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from . import distributed
+from .config import opt, output_settings, required, to_dict
+from .data.images import DEFAULT_MAX_PIXELS
+from .errors import UserError
+from .models.families import LANGUAGE_TARGETS
+from .rewards import REWARDS
+from .scoring.combine import DEFAULT_LAMBDA
+
+log = logging.getLogger(__name__)
+
+HELP = "Online RL (GRPO, TRL GRPOTrainer) with the SPR score, REC IoU and format rewards; LoRA on the language model."
+LOG_FILE = "train_log.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+@dataclass
+class GrpoConfig:
+    """`spr grpo`: GRPO on description prompts of regions and/or REC prompts, with the project's rewards."""
+
+    model: str = opt(required, "base model directory (spr.models.load)")
+    out: str = opt(required, "output directory (checkpoints, final adapter, logs)")
+    regions: str | None = opt(
+        None, "regions.jsonl (`spr regions`): grounded-description prompts, `spr` reward"
+    )
+    rec: str | None = opt(None, "REC data (any layout `spr eval rec` reads): REC prompts, `iou` rewards")
+    rec_images: str | None = opt(None, "image directory of the REC data (refer layout, Ref-L4)", default_text="as spr eval rec")  # fmt: skip
+    rec_splits: list[str] | None = opt(None, "use these splits of the REC data only", default_text="all")
+    prompts: str | None = opt(
+        None, "description prompts: built-in ids (region_box, crop, hints) and/or template files",
+        default_text="all built-in prompts",
+    )  # fmt: skip
+    limit: int | None = opt(None, "use only the first N regions and the first N REC samples")
+    family: str | None = opt(
+        None, "model family when config.model_type does not tell", default_text="from config.json"
+    )
+    rewards: list[str] | None = opt(
+        None, f"reward functions ({', '.join(REWARDS)})", default_text="spr with --regions, iou with --rec"
+    )
+    reward_weights: list[float] | None = opt(
+        None, "weight of each reward in the total", default_text="1 each"
+    )
+    iou_threshold: float = opt(
+        0.5, "t of iou_at_t (IoU >= t scores 1); also the IoU a box needs in spr's localization"
+    )
+    semantic: str | None = opt(
+        None,
+        "spr reward's semantic scorer: clip, labels, none",
+        default_text="clip with --clip-model, else labels",
+    )
+    clip_model: str | None = opt(None, "local CLIPModel / SiglipModel directory for the clip scorer")
+    label_model: str | None = opt(
+        None, "sentence-embedding model for the labels scorer", default_text="all-MiniLM-L6-v2"
+    )
+    lam: float = opt(
+        DEFAULT_LAMBDA, "spr reward = lambda * semantic + (1 - lambda) * localization", name="lambda"
+    )
+    num_generations: int = opt(8, "completions sampled per prompt (a group)")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(
+        1.0, "nucleus sampling: keep the smallest set of tokens whose probability reaches this"
+    )
+    max_completion_length: int = opt(256, "longest completion, in tokens")
+    beta: float = opt(
+        0.0, "KL coefficient against the base (the adapter switched off); 0: no reference forward"
+    )
+    loss_type: str = opt("dapo", "TRL loss: grpo, dapo, dr_grpo, bnpo, ...")
+    scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group's reward std, the batch's, or not")  # fmt: skip
+    num_iterations: int = opt(1, "optimisation passes per generated batch (GRPO's mu)")
+    epsilon: float = opt(0.2, "clipping range of the policy ratio")
+    learning_rate: float = opt(1e-5, "peak learning rate")
+    lr_scheduler_type: str = opt("cosine", "learning-rate schedule (transformers' names)")
+    warmup_ratio: float = opt(0.0, "fraction of steps for linear warm-up")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)")
+    num_train_epochs: float = opt(1.0, "epochs over the prompts")
+    per_device_train_batch_size: int | None = opt(
+        None, "completions per device per step", default_text="num_generations (one prompt's group)"
+    )
+    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] | None = opt(
+        None,
+        "names of the language model's linear layers that get LoRA",
+        default_text=" ".join(LANGUAGE_TARGETS),
+    )
+    train_vision: bool = opt(False, "also train the vision tower and projector (LoRA on all their linears)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
+        "auto",
+        "weights and mixed precision: auto (bf16 on GPUs that have it, fp32 on CPU), bfloat16 or float32",
+    )
+    gradient_checkpointing: bool | None = opt(
+        None,
+        "recompute activations in the backward pass to save memory",
+        default_text="on on GPU, off on CPU",
+    )
+    min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's")  # fmt: skip
+    max_pixels: int | None = opt(
+        None, "image processor pixel budget, upper end", default_text="the checkpoint's"
+    )
+    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "prompts with a larger image are skipped")
+    seed: int = opt(0, "random seed (initialisation, prompt order, sampling)")
+    use_vllm: bool = opt(False, "generate with vLLM (TRL's use_vllm; pip install vllm, GPU only)")
+    vllm_mode: Literal["colocate", "server"] = opt("colocate", "vLLM in the training processes, or a `trl vllm-serve` server")  # fmt: skip
+    vllm_server_base_url: str | None = opt(None, "server mode: the server's URL", default_text="host and port", output=False)  # fmt: skip
+    vllm_server_host: str = opt("0.0.0.0", "server mode: the server's host", output=False)
+    vllm_server_port: int = opt(8000, "server mode: the server's port", output=False)
+    vllm_server_timeout: float = opt(240.0, "server mode: seconds to wait for the server", output=False)
+    vllm_gpu_memory_utilization: float = opt(
+        0.3, "colocate mode: share of GPU memory vLLM takes", output=False
+    )
+    vllm_tensor_parallel_size: int = opt(1, "colocate mode: tensor-parallel size of vLLM", output=False)
+    vllm_max_model_length: int | None = opt(
+        None, "vLLM context length", default_text="the model's", output=False
+    )
+    vllm_enable_sleep_mode: bool = opt(
+        False, "offload vLLM's weights during the optimizer step", output=False
+    )
+    device: Literal["auto", "cpu", "cuda"] = opt(
+        "auto", "auto (GPU when available), cpu or cuda", output=False
+    )
+    logging_steps: int = opt(1, "log every N steps", output=False)
+    sample_completions: int = opt(8, "completions written to completions.jsonl per logged step (0: none)", output=False)  # fmt: skip
+    save_steps: int = opt(200, "checkpoint every N steps", output=False)
+    save_total_limit: int | None = opt(2, "keep at most N checkpoints", output=False)
+    resume: bool = opt(
+        True, "resume from the newest complete checkpoint in out when there is one", output=False
+    )
+    report_to: str = opt("none", "none, tensorboard, wandb ...", output=False)
+    overwrite: bool = opt(False, "discard what out holds and train from scratch", output=False)
+    quiet: bool = opt(
+        False, "no progress bar or per-step lines (train_log.jsonl is still written)", output=False
+    )
+
+    def __post_init__(self):
+        for name in self.reward_names():
+            if name not in REWARDS:
+                raise ValueError(f"unknown reward {name!r}; rewards: {', '.join(REWARDS)}")
+        if len(set(self.reward_names())) != len(self.reward_names()):
+            raise ValueError(f"each reward once (weight it with --reward-weights): {self.reward_names()}")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_names()):
+            raise ValueError(f"{len(self.reward_weights)} reward weight(s) for rewards {self.reward_names()}")
+        if "spr" in self.reward_names() and not self.regions:
+            raise ValueError("the spr reward scores region descriptions: give --regions")
+        if any(n.startswith("iou") for n in self.reward_names()) and not self.rec:
+            raise ValueError("the iou rewards score REC answers: give --rec")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2 (GRPO compares the completions of a group)")
+        if self.per_device_train_batch_size is not None and self.per_device_train_batch_size < 1:
+            raise ValueError("per_device_train_batch_size must be at least 1")
+        if not (math.isfinite(self.lam) and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1], got {self.iou_threshold}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    def reward_names(self) -> list[str]:
+        if self.rewards:
+            return list(self.rewards)
+        return (["spr"] if self.regions else []) + (["iou"] if self.rec else [])
+
+    def weights(self) -> list[float]:
+        return list(self.reward_weights) if self.reward_weights else [1.0] * len(self.reward_names())
+
+    def score_config(self):
+        """The `spr score` settings of the spr reward."""
+        from .scoring import ScoreConfig
+
+        return ScoreConfig(
+            semantic=self.semantic, clip_model=self.clip_model, label_model=self.label_model, lam=self.lam,
+            iou_threshold=self.iou_threshold, refine=False,
+        )  # fmt: skip
+
+
+Config = GrpoConfig
+
+
+def settings(config: GrpoConfig) -> dict:
+    """What decides the trained weights: the output fields, with the model, data and scorer models by
+    fingerprint and the prompt templates by their text."""
+    from .data.guard import fingerprint
+    from .data.jsonl import file_sha256
+    from .prompts import select_templates
+
+    out = output_settings(config)
+    out.pop("out")
+    out["model"] = fingerprint(config.model)
+    for key in ("regions", "rec"):
+        path = getattr(config, key)
+        out[key] = file_sha256(Path(path)) if path and Path(path).is_file() else path
+    for key in ("clip_model", "label_model"):
+        if out[key]:
+            out[key] = fingerprint(out[key])
+    out["rewards"], out["reward_weights"] = config.reward_names(), config.weights()
+    if config.regions:
+        out["prompts"] = [[t.id, t.view, t.template] for t in select_templates(config.prompts)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+
+
+def _checked_image(
+    path: str, config: GrpoConfig, seen: dict, problems: list[str], expected_size=None
+) -> bool:
+    """Whether the image at ``path`` decodes (once per path); a problem is recorded when it does not."""
+    from .data.images import ImageProblem, load_image
+
+    if path not in seen:
+        try:
+            seen[path] = list(load_image(path, config.max_image_pixels, expected_size).size)
+        except ImageProblem as e:
+            seen[path] = None
+            problems.append(f"skipped: {e}")
+    return seen[path] is not None
+
+
+def region_rows(config: GrpoConfig, adapter, problems: list[str]) -> list[dict]:
+    """One row per region and description prompt."""
+    from .generate import read_regions
+    from .prompts import select_templates
+    from .rewards import region_columns
+
+    templates = select_templates(config.prompts)
+    rows, seen = [], {}
+    for region in read_regions(config.regions, config.limit):
+        if not _checked_image(region.image, config, seen, problems, region.image_size):
+            continue
+        for prompt in adapter.description_prompts(region, templates):
+            rows.append(
+                {
+                    "image": region.image,
+                    "crop_box": json.dumps(prompt.crop_box) if prompt.crop_box else "",
+                    "prompt": json.dumps(adapter.messages(prompt.text)),
+                    **region_columns(region, prompt, adapter.fmt, adapter.pixel_budget()),
+                }
+            )
+    return rows
+
+
+def rec_rows(config: GrpoConfig, adapter, problems: list[str]) -> list[dict]:
+    """One row per referring expression, with the family's REC prompt on the full image."""
+    from .evaluate.readers import read_rec
+    from .rewards import rec_columns
+
+    read_problems: list[str] = []
+    samples = read_rec(
+        config.rec, config.rec_images, None, config.rec_splits, read_problems, limit=config.limit
+    )
+    problems += read_problems
+    rows, seen = [], {}
+    for s in samples[: config.limit]:
+        if not _checked_image(s.image, config, seen, problems):
+            continue
+        size = seen[s.image]
+        text = adapter.rec_prompt(s.expression)
+        rows.append(
+            {
+                "image": s.image,
+                "crop_box": "",
+                "prompt": json.dumps(adapter.messages(text)),
+                **rec_columns(
+                    s.id, s.image, size, s.expression, s.box, text, adapter.fmt, adapter.geometry(size)
+                ),
+            }
+        )
+    return rows
+
+
+def _materialize(batch: dict) -> dict:
+    """datasets transform: the stored strings -> TRL's conversational prompt with its image (the view)."""
+    from .training.rows import load_view
+
+    out = {k: v for k, v in batch.items() if k not in ("image", "crop_box", "prompt")}
+    out["prompt"] = [json.loads(p) for p in batch["prompt"]]
+    out["image"] = [load_view(p, c) for p, c in zip(batch["image"], batch["crop_box"])]
+    return out
+
+
+def build_dataset(rows: list[dict]):
+    """A ``datasets.Dataset`` of prompts that holds strings only; images load when a batch is drawn."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows).with_transform(_materialize)
+
+
+# ------------------------------------------------------------------------------------------- completions log
+
+
+class CompletionLog:
+    """Wraps the reward functions; when the last one of a batch has run, the first ``per_step`` completions of
+    a logged step go to ``path`` (main process): prompt, answer, parsed boxes (original pixels), the
+    reference boxes and every reward with the weighted total."""
+
+    def __init__(
+        self, path: Path, rewards: list, weights: list[float], every: int, per_step: int, decode=None
+    ):
+        self.path, self.rewards, self.weights = Path(path), rewards, weights
+        self.every, self.per_step, self.decode = max(1, every), per_step, decode
+        self.main = distributed.is_main_process()
+        self.values: dict[str, list] = {}
+
+    def wrap(self, reward):
+        def call(prompts=None, completions=(), completion_ids=None, **columns):
+            values = reward(prompts, completions, completion_ids, **columns)
+            self.values[reward.name] = values
+            if len(self.values) == len(self.rewards):
+                self.write(completions, completion_ids, columns)
+                self.values = {}
+            return values
+
+        call.__name__ = reward.name
+        return call
+
+    def write(self, completions, completion_ids, columns) -> None:
+        from .rewards import read_answers
+
+        state = columns.get("trainer_state")
+        step = state.global_step + 1 if state is not None else 0
+        n = min(self.per_step, len(completions))
+        if not (self.main and n and (step == 1 or step % self.every == 0)):
+            return
+        cols = {k: columns[k][:n] for k in ("task", "region", "candidate")}
+        ids = completion_ids[:n] if completion_ids is not None else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for i, a in enumerate(read_answers(completions[:n], ids, self.decode, **cols)):
+                rewards = {r.name: self.values[r.name][i] for r in self.rewards}
+                total = sum(w * v for w, v in zip(self.weights, rewards.values()) if v is not None)
+                record = {
+                    "step": step,
+                    "task": a.task,
+                    "region_id": a.region.id,
+                    "prompt_id": a.candidate.prompt_id,
+                    "prompt": a.candidate.prompt,
+                    "completion": a.candidate.text,
+                    "boxes": [{"phrase": g.get("phrase"), "box": g["box"]} for g in a.usable.groundings],
+                    "problems": a.usable.problems,
+                    "references": [{"label": o["label"], "box": o["box"]} for o in a.region.objects],
+                    "rewards": rewards,
+                    "reward": total,
+                }
+                f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+
+
+def grpo_args(config: GrpoConfig, precision):
+    from trl import GRPOConfig
+
+    from .training.precision import trainer_arguments
+
+    return GRPOConfig(
+        output_dir=config.out,
+        num_generations=config.num_generations,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_completion_length=config.max_completion_length,
+        beta=config.beta,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        num_iterations=config.num_iterations,
+        epsilon=config.epsilon,
+        reward_weights=config.weights(),
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size or config.num_generations,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        report_to=config.report_to,
+        remove_unused_columns=False,  # the rewards read the prompt's columns
+        disable_tqdm=config.quiet,
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+        vllm_server_base_url=config.vllm_server_base_url,
+        vllm_server_host=config.vllm_server_host,
+        vllm_server_port=config.vllm_server_port,
+        vllm_server_timeout=config.vllm_server_timeout,
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
+        vllm_max_model_length=config.vllm_max_model_length,
+        vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
+        **trainer_arguments(precision),
+    )
+
+
+def build_rewards(config: GrpoConfig, adapter) -> list:
+    from .rewards import make_rewards, spr_scorer
+
+    scorer = spr_scorer(config.score_config()) if "spr" in config.reward_names() else None
+    return make_rewards(config.reward_names(), adapter.decode, scorer, config.iou_threshold)
+
+
+def build_trainer(config: GrpoConfig, callbacks=()):
+    """The GRPOTrainer for ``config``; ``callbacks`` are extra ``transformers.TrainerCallback``s."""
+    from peft import LoraConfig
+    from trl import GRPOTrainer
+
+    from .train import load_for_training
+    from .training.callbacks import TrainLog, quiet_transformers_logs
+    from .training.parts import lora_target_regex
+    from .training.precision import decide
+
+    precision = decide(config.dtype, "lora", config.device, config.gradient_checkpointing)
+    args = grpo_args(config, precision)  # before the model loads (ZeRO-3 shards the weights as they load)
+    adapter = load_for_training(config, precision)
+    problems: list[str] = []
+    rows = (region_rows(config, adapter, problems) if config.regions else []) + (
+        rec_rows(config, adapter, problems) if config.rec else []
+    )
+    for msg in problems[:10]:
+        log.warning(msg)
+    if not rows:
+        raise UserError(
+            f"no usable prompt in {config.regions or ''} {config.rec or ''} ({len(problems)} problems)"
+        )
+    model, processor = adapter.model, adapter.processor
+    adapter.tokenizer.padding_side = "left"
+    peft_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(
+            model,
+            adapter.spec,
+            config.lora_target_modules or list(adapter.spec.lora_targets),
+            config.train_vision,
+        ),
+        task_type="CAUSAL_LM",
+    )
+    rewards = build_rewards(config, adapter)
+    samples = CompletionLog(
+        Path(config.out) / COMPLETIONS_FILE, rewards, config.weights(), config.logging_steps,
+        config.sample_completions, adapter.decode,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[samples.wrap(r) for r in rewards],
+        args=args,
+        train_dataset=build_dataset(rows),
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[TrainLog(Path(config.out) / LOG_FILE, quiet=config.quiet), *callbacks],
+    )
+    quiet_transformers_logs(trainer)
+    trainer.spr_precision = precision
+    trainer.spr_prompts = len(rows)
+    trainer.spr_skipped = len(problems)
+    return trainer
+
+
+# -------------------------------------------------------------------------------------------------------- run
+
+SUMMARY_KEYS = (
+    "reward",
+    "frac_reward_zero_std",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "kl",
+    "loss",
+)
+
+
+def summary_rows(history: list[dict], reward_names: list[str]) -> list[list]:
+    """Per metric: its first and last logged value and its mean over the run."""
+    keys = [SUMMARY_KEYS[0], *(f"rewards/{n}/mean" for n in reward_names), *SUMMARY_KEYS[1:]]
+    rows = []
+    for key in keys:
+        values = [e[key] for e in history if isinstance(e.get(key), int | float)]
+        if values:
+            rows.append([key, values[0], values[-1], sum(values) / len(values)])
+    return rows
+
+
+def generated_tokens(history: list[dict], completions_per_step: int) -> int:
+    """Completion tokens sampled over the run, from the logged mean lengths (each log covers the steps since
+    the one before)."""
+    total, last = 0.0, 0
+    for e in history:
+        if isinstance(e.get("completions/mean_length"), int | float):
+            total += e["completions/mean_length"] * (e["step"] - last) * completions_per_step
+            last = e["step"]
+    return int(round(total))
+
+
+def train(config: GrpoConfig, callbacks=()) -> dict:
+    """Train (resuming from the newest complete checkpoint), save the adapter with the processor; returns a
+    summary (``summary["table"]``: the per-metric rows of :func:`summary_rows`)."""
+    import contextlib
+    import time
+    import warnings
+
+    from .data.guard import StageOutput
+    from .train import TRAIN_CONFIG_FILE
+    from .training.checkpoints import cut_log, last_complete_checkpoint
+
+    # TRL asks transformers' deprecated `is_gradient_checkpointing` at every step: one warning per step otherwise
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    if not (config.regions or config.rec):
+        raise UserError(
+            "nothing to train on: give --regions (description prompts) and/or --rec (REC prompts)"
+        )
+    out = Path(config.out)
+    main = distributed.is_main_process()
+    try:
+        with contextlib.ExitStack() as held:
+            if main:
+                held.enter_context(
+                    StageOutput(out, "grpo", settings(config), config.overwrite, directory=True)
+                )
+            resume_from = last_complete_checkpoint(out) if config.resume else None
+            if main:
+                step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
+                for name in (LOG_FILE, COMPLETIONS_FILE):
+                    cut_log(out / name, step)
+            if resume_from:
+                log.info("resuming from %s", resume_from)
+            trainer = build_trainer(config, callbacks)
+            start = time.perf_counter()
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            seconds = time.perf_counter() - start
+            trainer.save_model(str(out))  # the adapter, plus the processing class
+            args = trainer.args
+            history = [e for e in trainer.state.log_history if "step" in e]
+            per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+            summary = {
+                "train_loss": result.training_loss,
+                "global_step": result.global_step,
+                "world_size": args.world_size,
+                "precision": trainer.spr_precision.describe(),
+                "prompts": trainer.spr_prompts,
+                "prompts skipped": trainer.spr_skipped,
+                "completions per step": per_step,
+                "generated tokens": generated_tokens(history, per_step),
+                "seconds": round(seconds, 1),
+                "table": summary_rows(history, config.reward_names()),
+            }
+            if trainer.is_world_process_zero():
+                trainer.processing_class.save_pretrained(str(out))  # processor, tokenizer, chat template
+                meta = {"config": to_dict(config), "base_model": str(Path(config.model).resolve()), **summary}
+                (out / TRAIN_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            return summary
+    finally:
+        distributed.teardown()
+
+
+def run(config: GrpoConfig) -> int:
+    from .table import markdown_table
+
+    summary = train(config)
+    if distributed.is_main_process():
+        print(markdown_table(["metric", "first", "last", "mean"], summary.pop("table")))
+        rows = [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]
+        print("trained:\n" + "\n".join(rows) + f"\noutput: {config.out}")
+    return 0
