@@ -341,6 +341,9 @@ def run_pipeline(config: RunConfig, log=print, prepare=None) -> dict | None:
 # -------------------------------------------------------------------------------------------------- results
 
 
+LEFT_OUT = ("center_acc", "image_fail", "_small", "_medium", "_large")  # in metrics.json, not the results table
+
+
 def model_metrics(task_dirs: dict[str, Path]) -> dict:
     """One flat row of a model's metrics: REC's unprefixed (acc@0.5 ...), other tasks' as <task>_<metric>."""
     from .evaluate import get_task
@@ -349,32 +352,42 @@ def model_metrics(task_dirs: dict[str, Path]) -> dict:
     for task, d in task_dirs.items():
         metrics = json.loads((d / "metrics.json").read_text())
         for m in get_task(task).metrics:
-            if m.name.endswith(("_small", "_medium", "_large")):  # per box size: in metrics.json
-                continue
-            if isinstance(metrics.get(m.name), int | float):
+            if not m.name.endswith(LEFT_OUT) and isinstance(metrics.get(m.name), int | float):
                 row[m.name if task == "rec" else f"{task}_{m.name}"] = metrics[m.name]
-        row[f"{task}_n"] = metrics.get("n")
     return row
+
+
+def eval_summary(task_dirs: dict[str, Path]) -> dict:
+    """What the numbers are on: the samples per task and the splits of the data."""
+    out: dict = {}
+    splits: set[str] = set()
+    for task, d in task_dirs.items():
+        metrics = json.loads((d / "metrics.json").read_text())
+        out[f"{task}_n"] = metrics.get("n")
+        splits |= {s for s, v in (metrics.get("splits") or {}).items() if s != "all" and not v.get("missing")}
+    out["split"] = ", ".join(sorted(splits)) or "all"
+    return out
 
 
 def write_results(config: RunConfig, run: Path, log=print) -> dict:
     from .table import markdown_table
 
-    models = {"base": model_metrics({t: run / "eval" / "base" / t for t in config.eval})}
+    base_dirs = {t: run / "eval" / "base" / t for t in config.eval}
+    models = {"base": model_metrics(base_dirs)}
     for k in range(1, config.rounds + 1):
         models[f"round {k}"] = model_metrics({t: run / f"round-{k}" / "eval" / t for t in config.eval})
     first = next(iter(models.values()), {})
+    evaluated = {**eval_summary(base_dirs), "note": config.title}
     results = {
-        "eval": {"rec_n": first.get("rec_n"), "description_n": first.get("description_n"), "note": config.title},
+        "eval": evaluated,
         "models": models,
         "pairs": [_summary(run / f"round-{k}" / "pairs.summary.json") for k in range(1, config.rounds + 1)],
     }
     (run / "results.json").write_text(json.dumps(results, indent=1))
-    keys = [k for k in first if not k.endswith("_n")]
     names = list(models)
-    rows = [[k, *(models[n].get(k) for n in names), _delta(models[names[-1]].get(k), first.get(k))] for k in keys]
+    rows = [[k, *(models[n].get(k) for n in names), _delta(models[names[-1]].get(k), first.get(k))] for k in first]
     table = markdown_table(["metric", *names, f"{names[-1]} - base"], rows)
-    text = f"# {config.title}\n\n{_eval_note(first)}\n\n{table}\n"
+    text = f"# {config.title}\n\n{_eval_note(evaluated)}\n\n{table}\n"
     (run / "results.md").write_text(text)
     log("\n" + text)
     if config.report:
@@ -393,9 +406,10 @@ def _delta(a, b):
     return a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
 
 
-def _eval_note(row: dict) -> str:
-    parts = [f"{k[:-2]}: {v} samples" for k, v in row.items() if k.endswith("_n") and v is not None]
-    return "Evaluated on the same data for every model (" + "; ".join(parts) + "); accuracy at IoU t counts IoU >= t."
+def _eval_note(evaluated: dict) -> str:
+    parts = [f"{k[:-2]}: {v} samples" for k, v in evaluated.items() if k.endswith("_n") and v is not None]
+    return (f"Every model evaluated on the same data, split {evaluated['split']} (" + "; ".join(parts)
+            + "); accuracy at IoU t counts IoU >= t.")  # fmt: skip
 
 
 def run(config: RunConfig) -> int:

@@ -308,8 +308,9 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
         arms[arm] = {}
         for seed in c.seeds:
             run = root / f"{arm}-seed{seed}"
-            models = json.loads((run / "results.json").read_text())["models"]
-            base = base or models["base"]
+            results = json.loads((run / "results.json").read_text())
+            models = results["models"]
+            base = base or {**models["base"], **results["eval"]}
             arms[arm][str(seed)] = {**list(models.values())[-1], **arm_cost(run)}
     summary = {}
     for arm, per_seed in arms.items():
