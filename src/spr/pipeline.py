@@ -229,9 +229,12 @@ def plan(config: RunConfig) -> list[Step]:
                 **fields, "model": train_model, "out": str(d / "adapter")}), "grpo"))  # fmt: skip
         else:
             steps += dpo_steps(c, k, d, regions, policy, train_model, adapter, seed_generate)
-        steps.append(Step(f"round-{k}/merge", "merge", _stage_config("merge", "merge", {
-            **c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}), "merge"))  # fmt: skip
-        policy, adapter = str(d / "model"), str(d / "adapter")
+        if c.train.get("method") == "full" and method == "dpo":  # the trained directory is the whole model
+            policy, adapter = str(d / "adapter"), None
+        else:
+            steps.append(Step(f"round-{k}/merge", "merge", _stage_config("merge", "merge", {
+                **c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}), "merge"))  # fmt: skip
+            policy, adapter = str(d / "model"), str(d / "adapter")
         steps += evaluations(policy, d / "eval", f"round-{k}")
     return steps
 

@@ -194,7 +194,7 @@ def run_continued(c: AblateConfig, config, seed: int, out: Path, donor: Path, lo
             state.mark("round-1/data", time.time() - t)
         prepare = [n for n in steps if n in ("world", "eval-regions") or n.startswith("eval/base/")]
         evaluations = [n for n in steps if n.startswith("round-1/eval")]
-        for name in [*prepare, "round-1/train", "round-1/merge", *evaluations]:
+        for name in [*prepare, "round-1/train", *(["round-1/merge"] if "round-1/merge" in steps else []), *evaluations]:
             if name in state.done:
                 continue
             cfg = steps[name].config

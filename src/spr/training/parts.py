@@ -29,17 +29,12 @@ def lora_target_regex(model, spec, targets, train_vision: bool) -> str:
 
     language = language_module(model, spec)
     patterns = [rf"{re.escape(language)}\..*\.(?:{'|'.join(map(re.escape, targets))})"]
-    if train_vision:
+    if train_vision:  # every linear layer of the vision parts, by its full name (leaf names such as "0" or
+        # "proj" also name other modules there: a block, an MLP container)
         for v in _present(model, spec.vision_modules):
-            leaves = sorted(
-                {
-                    n.rsplit(".", 1)[-1]
-                    for n, m in model.named_modules()
-                    if n.startswith(v + ".") and isinstance(m, torch.nn.Linear)
-                }
-            )
-            if leaves:
-                patterns.append(rf"{re.escape(v)}\..*\.(?:{'|'.join(map(re.escape, leaves))})")
+            patterns += [
+                re.escape(n) for n, m in model.named_modules() if n.startswith(v + ".") and isinstance(m, torch.nn.Linear)
+            ]
     regex = "^(?:" + "|".join(patterns) + ")$"
     matched = [n for n, m in model.named_modules() if re.fullmatch(regex, n) and isinstance(m, torch.nn.Linear)]
     if not matched:
