@@ -1,15 +1,27 @@
-"""Candidates and generated tokens per second of `spr generate`, against one generate call per prompt.
+"""Candidates per second of `spr generate`: shared prefill against today's batched path and one call per prompt.
 
-    .venv/bin/python benchmarks/generate.py [--families qwen2_vl llava] [--batch-sizes 1 4 8] [--samples 2 4]
-                                            [--regions 8] [--max-new-tokens 32] [--threads 1] [--repeat 3]
+    .venv/bin/python benchmarks/generate.py [--families qwen2_vl] [--samples 4 8 16] [--batch-size 4]
+        [--regions 4] [--max-new-tokens 32] [--lengths free fixed] [--image-tokens 256] [--threads 1] [--repeat 3]
 
 Runs the stage's own loop (``spr.sampling.generate_into``: prompt rendering, image crops, left-padded batches,
-decoding, parsing, JSONL writing) on tiny random models built for the run. The baseline is the simple way: one
-``generate`` call per (region, prompt) with ``num_return_sequences=N`` (the same loop with batch size 1), measured
-in the same run; ``speed-up`` is candidates/s over the baseline's at the same N. Every sequence is made exactly
-``--max-new-tokens`` long (min_new_tokens), so all settings do the same amount of generation. The best of
-``--repeat`` rounds (each over all batch sizes, so that a busy machine slows them alike) is reported; one
-warm-up call per model is not timed.
+decoding, parsing, JSONL writing) on tiny random models built for the run, with prompts as long as real ones:
+the tiny Qwen2-VL's pixel budget is set so that every image has ``--image-tokens`` image tokens (256: a 448x448
+Qwen2-VL input); families whose processor resizes to a fixed size keep their tiny image. Three ways, at each N:
+
+- ``shared prefill``: ``--batch-size`` prompts per generate call, each prompt (with its image) prefilled once and
+  its KV cache repeated to its N rows (``ModelAdapter.generate``, the default);
+- ``batched (today)``: the same calls with every one of the B x N rows prefilled (``adapter.shared_prefill = False``);
+- ``one call per prompt``: batch size 1, every row prefilled (the simple way).
+
+``free`` lengths stop at the model's end-of-sequence token (or ``--max-new-tokens``), as `spr generate` does;
+``fixed`` makes every answer exactly ``--max-new-tokens`` long (min_new_tokens), so all ways do the same amount
+of decoding. Shared and batched runs must write the same candidates file (checked). ``prefill rows/cand`` counts
+the rows of the language model's multi-token forwards per candidate (goal: 1/N of today's). ``decode past EOS``
+is the share of decoded row-steps spent on rows that had already ended (what dropping finished rows from the
+cache could save at most). ``x today`` is candidates/s over ``batched (today)``'s in the same round set; rounds
+are interleaved (each round runs every way once, so that a busy machine slows them alike) and the best of
+``--repeat`` is reported. One warm-up call per model is not timed. Goal (not a test): at N=8 ``shared prefill``
+>= 1.5x ``batched (today)``, the ratio rising with N.
 """
 
 from __future__ import annotations
@@ -63,30 +75,99 @@ def make_regions(n: int, image_dir: Path, seed: int = 0) -> list[Region]:
     return regions
 
 
-def measure(adapter, regions, templates, batch_size, samples, max_new_tokens, out: Path) -> dict:
+WAYS = {  # name: (prompts per call, shared prefill)
+    "shared prefill": (None, True),
+    "batched (today)": (None, False),
+    "one call per prompt": (1, False),
+}
+
+
+class Counter:
+    """Prefill rows (language-model forwards of more than one token) and generated row-steps while attached."""
+
+    def __init__(self, adapter):
+        self.adapter, self.prefill_rows, self.row_steps = adapter, 0, 0
+        language = adapter.model.get_submodule(adapter.spec.language_module)
+        self.hook = language.register_forward_pre_hook(self._forward, with_kwargs=True)
+        self._generate = adapter.generate
+        adapter.generate = self._counted_generate
+
+    def _forward(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            self.prefill_rows += embeds.shape[0]
+
+    def _counted_generate(self, inputs, **kwargs):
+        out = self._generate(inputs, **kwargs)
+        self.row_steps += out.numel()  # every row runs until the last row of its call ends
+        return out
+
+    def detach(self):
+        self.hook.remove()
+        self.adapter.generate = self._generate
+
+
+def measure(adapter, regions, templates, batch_size, shared, samples, max_new_tokens, fixed, out: Path) -> dict:
     config = GenerateConfig(
+        model="m",
+        regions="r",
+        out=str(out),
         samples=samples,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens if fixed else 0,
         temperature=1.0,
         top_p=0.95,
     )
     out.unlink(missing_ok=True)
-    with JsonlWriter(out) as writer:
-        start = time.perf_counter()
-        stats = generate_into(adapter, regions, templates, writer, config, progress=False)
-        seconds = time.perf_counter() - start
-    return {"candidates": stats.written, "tokens": stats.new_tokens, "seconds": seconds}
+    adapter.shared_prefill = shared
+    counter = Counter(adapter)
+    try:
+        with JsonlWriter(out) as writer:
+            start = time.perf_counter()
+            stats = generate_into(adapter, regions, templates, writer, config, progress=False)
+            seconds = time.perf_counter() - start
+    finally:
+        counter.detach()
+    return {
+        "candidates": stats.written,
+        "tokens": stats.new_tokens,
+        "seconds": seconds,
+        "prefill_rows": counter.prefill_rows,
+        "past_eos": 1 - stats.new_tokens / max(counter.row_steps, 1),
+        "file": out.read_bytes(),
+    }
+
+
+def image_tokens_budget(adapter, tokens: int) -> str:
+    """Set a Qwen2-VL style processor to ``tokens`` image tokens per image (28 x 28 px each); say what was set."""
+    if not adapter.pixel_budget():
+        return "fixed-size processor: its tiny image"
+    pixels = tokens * 28 * 28
+    adapter.set_pixel_budget(min_pixels=pixels, max_pixels=pixels)
+    return f"{tokens} image tokens per image"
+
+
+def prompt_tokens(adapter, regions, templates) -> float:
+    items = [(r, p) for r in regions[:2] for p in adapter.description_prompts(r, templates)]
+    from spr.data.images import load_image
+
+    lengths = []
+    for region, prompt in items:
+        view = prompt.view_image(load_image(region.image, 0))
+        lengths.append(adapter.build_inputs([view], [prompt.text])["input_ids"].shape[1])
+    return sum(lengths) / len(lengths)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--families", nargs="+", default=["qwen2_vl", "llava"])
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8], help="prompts per generate call")
-    p.add_argument("--samples", nargs="+", type=int, default=[2, 4], help="N, candidates per prompt")
-    p.add_argument("--regions", type=int, default=8, help="regions (x 3 prompts each)")
+    p.add_argument("--families", nargs="+", default=["qwen2_vl"])
+    p.add_argument("--samples", nargs="+", type=int, default=[4, 8, 16], help="N, candidates per prompt")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per generate call (batched ways)")
+    p.add_argument("--regions", type=int, default=4, help="regions (x 3 prompts each)")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--lengths", nargs="+", choices=["free", "fixed"], default=["free", "fixed"])
+    p.add_argument("--image-tokens", type=int, default=256, help="image tokens per image (Qwen2-VL style processors)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
@@ -95,41 +176,40 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     templates = select_templates(None)
-    batch_sizes = sorted(set(args.batch_sizes) | {1})  # 1 is the baseline
-    rows = []
+    rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         regions = make_regions(args.regions, tmp)
         for family in args.families:
             adapter = load(build_tiny_model(family, tmp / family))
-            measure(adapter, regions[:1], templates[:1], 1, 1, 4, tmp / "warmup.jsonl")
-            for n in args.samples:
-                results = {}
-                for _ in range(args.repeat):  # rounds over all batch sizes, so load drift hits them alike
-                    for b in batch_sizes:
-                        r = measure(adapter, regions, templates, b, n, args.max_new_tokens, tmp / "c.jsonl")
-                        if b not in results or r["seconds"] < results[b]["seconds"]:
-                            results[b] = r
-                base = results[1]["candidates"] / results[1]["seconds"]
-                for b, r in results.items():
-                    cps = r["candidates"] / r["seconds"]
-                    rows.append(
-                        [
-                            family,
-                            n,
-                            "baseline (1 call per prompt)" if b == 1 else b,
-                            r["candidates"],
-                            round(cps, 1),
-                            round(r["tokens"] / r["seconds"], 0),
-                            f"{cps / base:.2f}x",
-                        ]
-                    )
-                    print(f"{family} N={n} B={b}: {cps:.1f} candidates/s", file=sys.stderr)
-    headers = ["family", "N", "batch (prompts/call)", "candidates", "candidates/s", "tokens/s", "speed-up"]
+            budget = image_tokens_budget(adapter, args.image_tokens)
+            notes.append(f"{family}: {budget}, {prompt_tokens(adapter, regions, templates):.0f} prompt tokens on average")
+            measure(adapter, regions[:1], templates[:1], 1, True, 2, 4, False, tmp / "warmup.jsonl")
+            for length in args.lengths:
+                for n in args.samples:
+                    best: dict[str, dict] = {}
+                    for _ in range(args.repeat):  # interleaved rounds: load drift hits every way alike
+                        for way, (batch, shared) in WAYS.items():
+                            r = measure(adapter, regions, templates, batch or args.batch_size, shared, n,
+                                        args.max_new_tokens, length == "fixed", tmp / f"{way}.jsonl")  # fmt: skip
+                            if way not in best or r["seconds"] < best[way]["seconds"]:
+                                best[way] = r
+                    if best["shared prefill"]["file"] != best["batched (today)"]["file"]:
+                        sys.exit(f"{family} N={n} {length}: shared prefill wrote other candidates than today's path")
+                    today = best["batched (today)"]["candidates"] / best["batched (today)"]["seconds"]
+                    for way, r in best.items():
+                        cps = r["candidates"] / r["seconds"]
+                        rows.append([family, length, n, way, r["candidates"], round(cps, 1),
+                                     round(r["prefill_rows"] / r["candidates"], 3), f"{100 * r['past_eos']:.0f}%",
+                                     f"{cps / today:.2f}x"])  # fmt: skip
+                        print(f"{family} {length} N={n} {way}: {cps:.1f} candidates/s", file=sys.stderr)
+    headers = ["family", "lengths", "N", "way", "candidates", "candidates/s", "prefill rows/cand", "decode past EOS",
+               "x today"]  # fmt: skip
     print(
-        f"regions={args.regions} prompts={len(templates)} max_new_tokens={args.max_new_tokens} "
-        f"threads={args.threads} torch={torch.__version__}"
+        f"regions={args.regions} prompts={len(templates)} batch={args.batch_size} max_new_tokens={args.max_new_tokens} "
+        f"threads={args.threads} best of {args.repeat} interleaved rounds, torch={torch.__version__}"
     )
+    print("\n".join(notes))
     print(markdown_table(headers, rows))
     return 0
 

@@ -1,21 +1,33 @@
-"""DPO step time and peak memory of `spr train` against a plain TRL DPOTrainer script, same tiny model and pairs.
+"""DPO step time and peak memory of `spr train` (today's path, and with the reference cached and the vision shared)
+against a plain TRL DPOTrainer script, same tiny model and pairs.
 
     .venv/bin/python benchmarks/train.py [--family qwen2_vl] [--steps 12] [--pairs 8] [--batch-size 2]
+                                         [--image-tokens 256] [--rounds 3] [--threads 1]
 
-Four runs, each in its own fresh process (so that peak memory is that run's alone): {spr, plain} x {lora, full}.
+Six runs per round, each in its own fresh process (so that peak memory is that run's alone): {spr, spr shared,
+plain} x {lora, full}.
 
-- ``spr``: ``spr.train.train`` (pairs read from dpo.jsonl, images loaded per batch, LoRA on the language model
-  via spr's target regex, the reference as the adapter switched off / an explicit frozen copy), saving included.
+- ``spr``: ``spr.train.train`` as it ran before the savings (``cache_reference=False, share_vision=False``): pairs
+  read from dpo.jsonl, images loaded per batch, LoRA on the language model via spr's target regex, the reference
+  as the adapter switched off / an explicit frozen copy, run in every step; saving included.
+- ``spr shared``: the same with the defaults: the reference's log-probs computed once before the first step into
+  the cache beside dpo.jsonl (removed before every run, so each run pays for its pass: ``ref pass s``, not part
+  of the step time) and each pair's image features computed once per step.
 - ``plain``: what a user writes from TRL's documentation: the images decoded into a ``datasets.Dataset`` up
   front, ``DPOTrainer`` with its default collator, ``LoraConfig(target_modules=[...names...])``; for full
   fine-tuning an explicit deep copy as reference (the model is built in memory, so TRL cannot reload it).
 
-Runs use ``--threads`` torch threads (default 1): on a machine shared with other work, multi-threaded runs
-stall unpredictably and the comparison drowns in noise. Both use the same model (loaded with ``spr.models.load``: the plain transformers loader cannot load a Qwen2-VL
+Prompts are as long as real ones: the tiny Qwen2-VL's pixel budget gives every image ``--image-tokens`` image
+tokens (256: a 448x448 Qwen2-VL input), in every run. Runs use ``--threads`` torch threads (default 1): on a
+machine shared with other work, multi-threaded runs stall unpredictably and the comparison drowns in noise. All
+use the same model (loaded with ``spr.models.load``: the plain transformers loader cannot load a Qwen2-VL
 processor without torchvision), DPOConfig values, CPU settings and seed. Step time is the median wall time of the
-optimizer steps after the first (warm-up) one; peak memory is the process's maximum resident set size
-(``resource.getrusage``), which includes the interpreter, torch and the model. Ratios spr / plain come from the
-same invocation.
+optimizer steps after the first (warm-up) one; ``steps + pass s`` is every step's time plus the reference pass (what
+the run spends on both: the pass weighs less with more steps per pair, and nothing in later runs on the same
+pairs, which read the cache). Peak memory is the process's maximum resident set size (``resource.getrusage``),
+which includes the interpreter, torch and the model (on a GPU the peak of ``torch.cuda.max_memory_allocated`` is
+shown too). Ratios over ``plain`` come from the same invocation, rounds
+interleaved. Goal (not a test): ``spr shared`` step time <= 0.75x plain at equal batch, peak memory no higher.
 """
 
 from __future__ import annotations
@@ -111,7 +123,14 @@ def _step_timer():
 COMMON = dict(learning_rate=1e-5, lr_scheduler_type="cosine", beta=0.1, logging_steps=1000, seed=0)
 
 
-def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int) -> list[float]:
+def pixel_budget(image_tokens: int) -> dict:
+    """Qwen2-VL style budget for ``image_tokens`` image tokens (28 x 28 px each) per image."""
+    return {"min_pixels": image_tokens * 28 * 28, "max_pixels": image_tokens * 28 * 28} if image_tokens else {}
+
+
+def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int, budget: dict,
+            shared: bool) -> tuple[list[float], float]:  # fmt: skip
+    import spr.training.trainer as trainer_module
     from spr.train import TrainConfig, train
 
     timer = _step_timer()
@@ -125,13 +144,26 @@ def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batc
         save_steps=10_000,
         warmup_ratio=0.1,
         report_to="none",
+        cache_reference=shared,
+        share_vision=shared,
+        **budget,
         **{k: v for k, v in COMMON.items()},
     )
+    compute, pass_seconds = trainer_module.compute_reference, []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        values = compute(*args, **kwargs)
+        pass_seconds.append(time.perf_counter() - start)
+        return values
+
+    trainer_module.compute_reference = timed
     train(config, callbacks=[timer])
-    return timer.times
+    return timer.times, sum(pass_seconds)
 
 
-def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int) -> list[float]:
+def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int,
+              budget: dict) -> tuple[list[float], float]:  # fmt: skip
     import copy
 
     from datasets import Dataset
@@ -140,7 +172,7 @@ def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, ba
 
     from spr import models
 
-    loaded = models.load(model_dir)
+    loaded = models.load(model_dir, **budget)
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     dataset = Dataset.from_list(
         [
@@ -189,16 +221,26 @@ def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, ba
     )
     trainer.train()
     trainer.save_model(str(out))
-    return timer.times
+    return timer.times, 0.0
+
+
+IMPLS = ("spr", "spr shared", "plain")
 
 
 def child(args) -> None:
     import resource
 
-    fn = run_spr if args.impl == "spr" else run_plain
-    times = fn(args.method, args.model, Path(args.data), Path(args.out), args.steps, args.batch_size)
+    import torch
+
+    run = (Path(args.model), Path(args.data), Path(args.out), args.steps, args.batch_size)
+    budget = pixel_budget(args.image_tokens)
+    if args.impl == "plain":
+        times, pass_s = run_plain(args.method, str(run[0]), *run[1:], budget)
+    else:
+        times, pass_s = run_spr(args.method, str(run[0]), *run[1:], budget, shared=args.impl == "spr shared")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print("RESULT " + json.dumps({"times": times, "peak_mb": peak_mb}), flush=True)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    print("RESULT " + json.dumps({"times": times, "peak_mb": peak_mb, "gpu_mb": gpu_mb, "pass_s": pass_s}), flush=True)
 
 
 def main() -> None:
@@ -215,6 +257,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads per run (1: stable timings on a shared machine)"
     )
+    parser.add_argument(
+        "--image-tokens", type=int, default=256, help="image tokens per image (0: the tiny model's own budget)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -226,11 +271,14 @@ def main() -> None:
         child(args)
         return
 
+    from spr import models
     from spr.models.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = str(build_tiny_model(args.family, tmp / "model", seed=0))
+        if not models.load(model_dir).pixel_budget():
+            args.image_tokens = 0  # a processor that resizes to a fixed size: its own image tokens
         data = make_pairs(tmp / "pairs", args.pairs)
         threads = str(args.threads)
         env = {
@@ -240,35 +288,57 @@ def main() -> None:
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
         }
-        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for _ in range(args.rounds):  # interleaved, so that load from other processes hits both sides alike
+        results: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(args.rounds):  # interleaved, so that load from other processes hits every run alike
             for method in ("lora", "full"):
-                for impl in ("spr", "plain"):
-                    out = tmp / f"{impl}-{method}"
+                for impl in IMPLS:
+                    for cache in data.parent.glob(f"{data.stem}.ref.*"):
+                        cache.unlink()  # every shared run computes its reference pass
+                    out = tmp / f"{impl.replace(' ', '-')}-{method}"
                     cmd = [sys.executable, str(HERE), "--child", "--impl", impl, "--method", method]
                     cmd += ["--model", model_dir, "--data", str(data), "--out", str(out)]
                     cmd += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+                    cmd += ["--image-tokens", str(args.image_tokens)]
                     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                     if proc.returncode != 0 or line is None:
                         sys.exit(f"{impl} {method} failed:\n{proc.stderr[-3000:]}")
                     r = json.loads(line[len("RESULT ") :])
-                    results.setdefault((impl, method), []).append(
-                        (statistics.median(r["times"][1:]), r["peak_mb"])
-                    )
+                    r["step"] = statistics.median(r["times"][1:])
+                    r["total"] = sum(r["times"]) + r["pass_s"]  # every step, and the reference pass before them
+                    results.setdefault((impl, method), []).append(r)
                     shutil.rmtree(out, ignore_errors=True)  # a fresh output dir: no resume between rounds
-        best = {k: (min(t for t, _ in v), max(m for _, m in v)) for k, v in results.items()}
+        best = {
+            k: {
+                "step": min(r["step"] for r in v),
+                "peak_mb": max(r["peak_mb"] for r in v),
+                "gpu_mb": max((r["gpu_mb"] or 0) for r in v) or None,
+                "pass_s": min(r["pass_s"] for r in v),
+                "total": min(r["total"] for r in v),
+            }
+            for k, v in results.items()
+        }
 
+    tokens = args.image_tokens or "the tiny model's"
     print(
-        f"family {args.family}, {args.pairs} pairs, batch {args.batch_size}, {args.steps} steps: median step after "
-        f"the first, best of {args.rounds} interleaved rounds, {args.threads} thread(s); peak RSS, highest round"
+        f"family {args.family}, {args.pairs} pairs, batch {args.batch_size}, {args.steps} steps, "
+        f"{tokens} image tokens per image: median step after the first, best of "
+        f"{args.rounds} interleaved rounds, {args.threads} thread(s); peak RSS, highest round"
     )
-    print(
-        f"{'method':<6} {'spr s/step':>11} {'plain s/step':>13} {'ratio':>6} {'spr peak MB':>12} {'plain peak MB':>14} {'ratio':>6}"
-    )
+    rows = []
     for method in ("lora", "full"):
-        (ts, ms), (tp, mp) = best[("spr", method)], best[("plain", method)]
-        print(f"{method:<6} {ts:>11.3f} {tp:>13.3f} {ts / tp:>6.2f} {ms:>12.0f} {mp:>14.0f} {ms / mp:>6.2f}")
+        plain = best[("plain", method)]
+        for impl in IMPLS:
+            b = best[(impl, method)]
+            gpu = f"{b['gpu_mb']:.0f}" if b["gpu_mb"] else "n/a"
+            rows.append([method, impl, f"{b['step']:.4f}", f"{b['step'] / plain['step']:.2f}", f"{b['peak_mb']:.0f}",
+                         f"{b['peak_mb'] / plain['peak_mb']:.2f}", gpu, f"{b['pass_s']:.2f}" if b["pass_s"] else "-",
+                         f"{b['total']:.2f}", f"{b['total'] / plain['total']:.2f}"])  # fmt: skip
+    from spr.table import markdown_table
+
+    headers = ["method", "run", "s/step", "x plain", "peak RSS MB", "x plain", "peak GPU MB", "ref pass s",
+               "steps + pass s", "x plain"]  # fmt: skip
+    print(markdown_table(headers, rows))
 
 
 if __name__ == "__main__":

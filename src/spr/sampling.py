@@ -1,9 +1,11 @@
 """The sampling loop of `spr generate`: for each region and prompt, N grounded descriptions from the model.
 
 Prompts of several regions go through one ``generate`` call (left padding), each with ``num_return_sequences``
-samples. Every output is parsed with the family's box codec in coordinates of the image the model saw (the crop
-for crop prompts) and stored in original-image pixels. Candidate ids are ``{region_id}/{prompt_id}/{sample}``
-(``.../greedy`` for the greedy answer that ``include_greedy`` adds); ids already written are skipped.
+samples; each prompt, image included, is prefilled once and its KV cache repeated to its samples
+(:meth:`spr.models.ModelAdapter.generate`, the family's ``shared_prefill``). Every output is parsed with the
+family's box codec in coordinates of the image the model saw (the crop for crop prompts) and stored in
+original-image pixels. Candidate ids are ``{region_id}/{prompt_id}/{sample}`` (``.../greedy`` for the greedy
+answer that ``include_greedy`` adds); ids already written are skipped.
 
 Randomness is per candidate: every output row samples from its own random stream, seeded by the run seed and
 its candidate id (:class:`RowSampler`). What a candidate says therefore does not depend on which other prompts
@@ -92,12 +94,13 @@ class RowSampler:
         keep = (sorted_p.cumsum(-1) - sorted_p) < self.top_p  # the smallest set reaching top_p
         sorted_p = sorted_p * keep
         cumulative = sorted_p.cumsum(-1)
-        for row, g in enumerate(self.generators):
-            if g is None:
-                continue
-            u = torch.rand((), generator=g, dtype=torch.float64).item() * float(cumulative[row, -1])
-            k = min(int(torch.searchsorted(cumulative[row], torch.tensor([u], dtype=cumulative.dtype))), len(order[row]) - 1)
-            chosen[row] = order[row, k]
+        rows = [row for row, g in enumerate(self.generators) if g is not None]
+        if rows:  # one draw per row from its own stream; the searches in one call
+            draws = [torch.rand((), generator=self.generators[r], dtype=torch.float64).item() for r in rows]
+            totals = cumulative[rows, -1].tolist()
+            u = torch.tensor([d * t for d, t in zip(draws, totals)], dtype=cumulative.dtype).unsqueeze(-1)
+            k = torch.searchsorted(cumulative[rows], u).squeeze(-1).clamp(max=cumulative.shape[-1] - 1)
+            chosen[rows] = order[rows, k]
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, chosen.to(scores.device).unsqueeze(-1), 0.0)
         return out

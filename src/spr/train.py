@@ -12,6 +12,10 @@ linear layers only (vision tower and projector frozen unless ``train_vision``), 
 model with the adapter switched off (no second copy in memory). With ``method="full"`` the whole language model
 trains (vision frozen unless asked) against an explicit frozen copy as reference.
 
+Savings (:mod:`spr.training.trainer`): the frozen reference's log-probs of every pair are computed once into a
+cache beside ``dpo.jsonl`` (``cache_reference``), and with the vision tower frozen each pair's image features are
+computed once per step (``share_vision``); the losses are those of running the reference in every step.
+
 Scaling: the same command runs on one CPU, one GPU, or N GPUs / DeepSpeed ZeRO-2/3 under
 ``accelerate launch --config_file configs/accelerate/<ddp|zero2|zero3>.yaml -m spr.cli train ...``.
 Precision and gradient checkpointing: :mod:`spr.training.precision`.
@@ -84,6 +88,16 @@ class TrainConfig:
     )
     min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's")  # fmt: skip
     max_pixels: int | None = opt(None, "image processor pixel budget, upper end (as generate had it)", default_text="the checkpoint's")  # fmt: skip
+    cache_reference: bool | None = opt(
+        None, "compute the frozen reference's log-probs of every pair once, before the first step, into a file "
+        "beside --data (resumable, reused by later runs); the steps then run no reference forward",
+        default_text="on, off under DeepSpeed / FSDP", output=False,
+    )  # fmt: skip
+    share_vision: bool = opt(
+        True, "process each pair's image once per step for its chosen and rejected row and, with the vision tower "
+        "frozen, compute its features once for both and the reference, instead of once per row and model",
+        output=False,
+    )  # fmt: skip
     seed: int = opt(0, "random seed (initialisation, data order, dropout)")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto (GPU when available), cpu or cuda", output=False)
     logging_steps: int = opt(10, "log every N steps", output=False)
@@ -174,16 +188,36 @@ def load_for_training(config, precision, device: str | None = None):
     )  # fmt: skip
 
 
+def use_cached_reference(config: TrainConfig, rows: list[dict]) -> bool:
+    """Whether the reference's log-probs come from the cache (:mod:`spr.training.reference`): by default yes;
+    the reference is frozen in every spr run (LoRA: the adapter off; full: a frozen copy; no sync_ref_model).
+    Not under DeepSpeed / FSDP, where the pass would run on unsharded, unprepared weights."""
+    from .errors import UserError
+    from .training.precision import sharded_launch
+
+    if config.cache_reference is False:
+        return False
+    if sharded_launch():
+        if config.cache_reference:
+            raise UserError("--cache-reference is not supported under DeepSpeed / FSDP; leave it unset there")
+        return False
+    if len({r["id"] for r in rows}) != len(rows):
+        log.warning("pair ids in %s repeat: the reference runs in every step instead of being cached", config.data)
+        return False
+    return True
+
+
 def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = None, callbacks=()):
     """The DPOTrainer for ``config`` (the model loads from ``config.model`` unless an adapter is given);
     ``callbacks`` are extra ``transformers.TrainerCallback``s."""
-    from trl import DPOTrainer
-
     from .training.callbacks import TrainLog, quiet_transformers_logs
     from .training.collator import safe_collator
     from .training.parts import freeze_vision, lora_target_regex
     from .training.precision import decide
+    from .training.reference import cache_path, reference_settings
     from .training.rows import build_dataset, read_pairs
+    from .training.trainer import CachedReference, SprDPOTrainer
+    from .training.vision import vision_frozen
 
     precision = decide(config.dtype, config.method, config.device, config.gradient_checkpointing)
     # The training arguments exist before the model loads: under DeepSpeed ZeRO-3 this makes from_pretrained
@@ -197,6 +231,7 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         rows = read_pairs(config.data, config.skip_bad, problems, adapter, config.max_image_pixels)
     for msg in problems:
         log.warning(msg)
+    cache_reference = use_cached_reference(config, rows)
     model, processor = adapter.model, adapter.processor
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
@@ -228,11 +263,11 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         for p in ref_model.parameters():
             p.requires_grad_(False)
 
-    trainer = DPOTrainer(
+    trainer = SprDPOTrainer(
         model=model,
         ref_model=ref_model,
         args=args,
-        data_collator=safe_collator(processor, config.max_length),
+        data_collator=safe_collator(processor, config.max_length, process_once=config.share_vision),
         train_dataset=build_dataset(rows),
         processing_class=processor,
         peft_config=peft_config,
@@ -244,6 +279,11 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         for name, p in trainer.model.named_parameters():
             if ".ref." in name and "lora_B" in name:
                 p.data.zero_()
+    if config.share_vision and vision_frozen(trainer.model, adapter.spec):
+        trainer.spr_spec = adapter.spec
+    if cache_reference:
+        ref = reference_settings(config.model, precision, config.max_length, adapter)
+        trainer.spr_reference = CachedReference(rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size)
     quiet_transformers_logs(trainer)
     trainer.spr_precision = precision
     trainer.spr_skipped = len(problems)

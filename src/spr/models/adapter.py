@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from .families import FamilySpec
 
+# Inputs with one entry per prompt token (cut with the prompt when the last token is left to ``generate``).
+PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
 
 class ModelAdapter:
     """A loaded model, its processor and what SPR needs to know about its family.
@@ -33,6 +36,7 @@ class ModelAdapter:
         self.pad_token_id: int = int(pad if pad is not None else self.eos_token_ids[0])
         self._geometry_cache: dict[tuple[int, int], dict] = {}
         self.media_token_ids: set[int] = self._media_token_ids()
+        self.shared_prefill: bool = spec.shared_prefill
 
     def _media_token_ids(self) -> set[int]:
         """Ids of the image / video placeholder tokens. A sampled answer can contain them; kept in the text they
@@ -108,7 +112,9 @@ class ModelAdapter:
         low, high = min_pixels or budget["min_pixels"], max_pixels or budget["max_pixels"]
         if not 0 < low <= high:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {low} and {high}")
-        self.processor.image_processor.size = {"shortest_edge": int(low), "longest_edge": int(high)}
+        from transformers.image_utils import SizeDict
+
+        self.processor.image_processor.size = SizeDict(shortest_edge=int(low), longest_edge=int(high))
         self._geometry_cache.clear()
 
     def geometry(self, image_size) -> dict:
@@ -147,14 +153,55 @@ class ModelAdapter:
         return inputs.to(self.model.device)
 
     def generate(self, inputs, **generation_kwargs):
-        """Token ids generated after the prompt, shape (batch * num_return_sequences, new_tokens)."""
+        """Token ids generated after the prompt, shape (batch * num_return_sequences, new_tokens).
+
+        With ``num_return_sequences`` N > 1 and ``shared_prefill`` (the family's, settable per adapter), each
+        prompt is prefilled once, images included, and its KV cache repeated to its N rows
+        (:meth:`_generate_shared`); otherwise every one of the N rows is prefilled."""
         import torch
 
         kwargs = dict(pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids)
         kwargs.update(generation_kwargs)
+        n = int(kwargs.get("num_return_sequences") or 1)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            if n > 1 and self.shared_prefill and self._ends_in_text(inputs["input_ids"]):
+                out = self._generate_shared(inputs, n, kwargs)
+            else:
+                out = self.model.generate(**inputs, **kwargs)
         return out[:, inputs["input_ids"].shape[1] :]
+
+    def _ends_in_text(self, input_ids) -> bool:
+        """The shared path runs the last prompt token without images: it must not be an image token."""
+        return not any(int(t) in self.media_token_ids for t in input_ids[:, -1])
+
+    def _generate_shared(self, inputs, n: int, kwargs: dict):
+        """Prefill every prompt but its last token once (images included), repeat the KV cache to the ``n`` rows
+        of each prompt, and let ``generate`` go on from the last prompt token with ids and mask alone: each row
+        decodes as after a prefill of its own, so every sampling decision stays ``generate``'s (and
+        RowSampler's, with the same rows in the same order)."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        prefill = {k: v[:, :-1] if k in PER_TOKEN_INPUTS else v for k, v in inputs.items()}
+        # the positions generate gives a left-padded prompt (M-RoPE ones for Qwen2-VL, which also sets rope_deltas)
+        prefill["position_ids"] = self.model._prepare_position_ids_for_generation(prefill["input_ids"], dict(prefill))
+        cache = self.model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(n)
+        self._repeat_rope_deltas(n)
+        return self.model.generate(
+            input_ids=ids.repeat_interleave(n, dim=0),
+            attention_mask=mask.repeat_interleave(n, dim=0),
+            past_key_values=cache,
+            **{**kwargs, "num_return_sequences": 1},
+        )
+
+    def _repeat_rope_deltas(self, n: int) -> None:
+        """M-RoPE models (Qwen2-VL, Qwen2.5-VL) keep the prefill's per-row position offsets (``rope_deltas``)
+        to place the tokens that follow the image; the repeated rows need theirs."""
+        import torch
+
+        for module in self.model.modules():
+            deltas = getattr(module, "rope_deltas", None)
+            if isinstance(deltas, torch.Tensor):
+                module.rope_deltas = deltas.repeat_interleave(n, dim=0)
 
     def decode(self, token_ids) -> str:
         """Text of generated ``token_ids``, cut at the first end-of-sequence token, padding and image / video

@@ -149,6 +149,9 @@ class FamilySpec:
     """Names of the language model's linear layers that get LoRA."""
     images_per_prompt_nested: bool = False
     """The processor takes ``images`` as one list per prompt (Idefics3) rather than one image per prompt."""
+    shared_prefill: bool = True
+    """Sampling N answers per prompt prefills the prompt (images included) once and repeats its KV cache N times
+    (:meth:`ModelAdapter.generate`); False keeps the prefill of every answer row on its own."""
     tiny: Callable | None = None
     """``tiny(spec, tokenizer) -> (config, processor)`` of a tiny random model (:mod:`spr.models.tiny`)."""
 

@@ -1,0 +1,65 @@
+"""TRL's DPOTrainer with SPR's two savings (docs/training.md, "What is shared, and what it saves"):
+
+- **reference log-probs once** (:mod:`spr.training.reference`): before the first step the frozen reference's
+  log-probs of every pair are read from (or computed into) the cache beside ``dpo.jsonl``; the collator puts
+  them in each batch and TRL's loss takes them instead of running the reference, exactly as with its own
+  ``precompute_ref_log_probs`` (which TRL refuses for vision data). A full fine-tuning's reference copy is freed
+  once they are known.
+- **vision once per pair** (:mod:`spr.training.vision`): with the vision tower frozen, each step computes every
+  pair's image features once for chosen, rejected and the reference forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trl import DPOTrainer
+
+from .reference import compute_reference
+from .vision import multimodal_model, shared_vision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedReference:
+    """Where the reference's log-probs of ``rows`` (the dataset's rows, in order) are kept, and under what."""
+
+    rows: list[dict]
+    path: Path
+    settings: dict
+    batch_size: int
+
+
+class SprDPOTrainer(DPOTrainer):
+    spr_spec = None  # the family's FamilySpec, when vision features are shared
+    spr_reference: CachedReference | None = None
+
+    def train(self, *args, **kwargs):
+        if self.spr_reference is not None and not self.precompute_ref_logps:
+            self.use_cached_reference()
+        return super().train(*args, **kwargs)
+
+    def use_cached_reference(self) -> None:
+        ref = self.spr_reference
+        log.info("reference log-probs: %s", ref.path)
+        values = compute_reference(self, ref.rows, ref.path, ref.settings, ref.batch_size, self.shared_vision)
+        self.data_collator.reference = values
+        self.precompute_ref_logps = True  # TRL's loss now reads ref_chosen_logps / ref_rejected_logps
+        if self.ref_model is not None:  # a full fine-tuning's frozen copy is no longer needed: let it go
+            self.accelerator._models = [m for m in self.accelerator._models if m is not self.ref_model]
+            self.ref_model = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.shared_vision():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def shared_vision(self):
+        """Vision features shared within the block (a no-op unless the trainer was set up to share them)."""
+        if self.spr_spec is None:
+            return contextlib.nullcontext()
+        models = [m for m in (self.model, self.ref_model) if m is not None]
+        return shared_vision([multimodal_model(self.accelerator.unwrap_model(m), self.spr_spec) for m in models])

@@ -1,0 +1,157 @@
+"""Shared prefill in generation: each prompt (with its image) is prefilled once and its KV cache repeated to the N
+sampled rows. For every family the rows decode token for token as when each is prefilled on its own, and a
+sampled candidates file is the same byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from spr.data.jsonl import JsonlWriter
+from spr.data.records import Region
+from spr.generate import GenerateConfig
+from spr.models import ModelAdapter, available_families, load
+from spr.prompts import select_templates
+from spr.sampling import RowSampler, generate_into
+
+SAMPLING = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)  # as generate_into sets it for RowSampler
+
+
+def prompts_of_different_lengths(adapter):
+    """Three prompts of different lengths (so the batch is left-padded) with images of different sizes."""
+    images = [Image.new("RGB", (64 + 24 * i, 48 + 8 * i), (60 * i, 120, 200)) for i in range(3)]
+    texts = ["Describe the region.", "Where is the red box in this picture, and what is next to it?", "hi"]
+    return adapter.build_inputs(images, texts)
+
+
+def prefill_rows(adapter) -> list[int]:
+    """Rows of every language-model forward that takes more than one token (a prefill), recorded while held."""
+    rows: list[int] = []
+
+    def record(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            rows.append(embeds.shape[0])
+
+    language = adapter.model.get_submodule(adapter.spec.language_module)
+    return rows, language.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("family", available_families())
+def test_shared_prefill_decodes_as_separate_prefills(tiny_model_dir, family):
+    adapter = load(str(tiny_model_dir(family)))
+    inputs = prompts_of_different_lengths(adapter)
+    n, batch = 3, inputs["input_ids"].shape[0]
+
+    def run(shared: bool, seeds):
+        adapter.shared_prefill = shared
+        rows, hook = prefill_rows(adapter)
+        try:
+            sampler = RowSampler(seeds, temperature=1.0, top_p=0.9)
+            out = adapter.generate(inputs, max_new_tokens=16, num_return_sequences=n, logits_processor=[sampler], **SAMPLING)
+        finally:
+            hook.remove()
+        return out, rows
+
+    greedy_rows = [None] * (batch * n)  # RowSampler decodes rows without a seed greedily: n greedy copies
+    shared, shared_prefill = run(True, greedy_rows)
+    today, today_prefill = run(False, greedy_rows)
+    assert torch.equal(shared, today)
+    assert shared_prefill == [batch] and today_prefill == [batch * n]  # one prefill row per prompt, not per answer
+    for k in range(n):
+        assert torch.equal(shared[k::n], shared[::n])
+    assert torch.equal(shared[::n], adapter.generate(inputs, max_new_tokens=16, do_sample=False))
+
+    seeded = list(range(batch * n))  # every row its own random stream
+    sampled_shared, _ = run(True, seeded)
+    sampled_today, _ = run(False, seeded)
+    assert torch.equal(sampled_shared, sampled_today)
+    assert not torch.equal(sampled_shared[0], sampled_shared[1])  # the streams differ
+
+
+def make_regions(tmp_path, n: int = 2) -> list[Region]:
+    rng = random.Random(0)
+    regions = []
+    for i in range(n):
+        size = (rng.choice([160, 200]), rng.choice([120, 150]))
+        im = Image.new("RGB", size, (230, 230, 230))
+        draw = ImageDraw.Draw(im)
+        objects = []
+        for label in ("cup", "dog"):
+            x, y = rng.randint(0, size[0] - 50), rng.randint(0, size[1] - 50)
+            box = [float(x), float(y), float(x + 40), float(y + 40)]
+            draw.rectangle(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
+            objects.append({"label": label, "box": box})
+        path = tmp_path / f"r{i}.png"
+        im.save(path)
+        union = [min(o["box"][0] for o in objects), min(o["box"][1] for o in objects),
+                 max(o["box"][2] for o in objects), max(o["box"][3] for o in objects)]  # fmt: skip
+        regions.append(Region(id=f"r{i}", image=str(path), image_size=list(size), region_box=union, objects=objects))
+    return regions
+
+
+@pytest.mark.parametrize("family", available_families())
+def test_sampled_candidates_are_the_same_with_either_path(tiny_model_dir, family, tmp_path):
+    adapter = load(str(tiny_model_dir(family)))
+    regions, templates = make_regions(tmp_path), select_templates(None)
+    config = GenerateConfig(model="m", regions="r", out="o", samples=3, max_new_tokens=12, batch_size=2,
+                            include_greedy=True, seed=7)  # fmt: skip
+    files = {}
+    for shared in (True, False):
+        adapter.shared_prefill = shared
+        files[shared] = tmp_path / f"shared-{shared}.jsonl"
+        with JsonlWriter(files[shared]) as writer:
+            stats = generate_into(adapter, regions, templates, writer, config, progress=False)
+        assert stats.written == len(regions) * len(templates) * 4
+    assert files[True].read_bytes() == files[False].read_bytes()
+
+
+def test_a_family_can_keep_separate_prefills(tiny_model_dir):
+    adapter = load(str(tiny_model_dir("llava")))
+    assert adapter.shared_prefill  # the default of every built-in family
+    spec = dataclasses.replace(adapter.spec, shared_prefill=False)
+    separate = ModelAdapter(adapter.model, adapter.processor, spec)
+    inputs = prompts_of_different_lengths(separate)
+    rows, hook = prefill_rows(separate)
+    try:
+        separate.generate(inputs, max_new_tokens=2, num_return_sequences=2, **SAMPLING)
+    finally:
+        hook.remove()
+    assert rows == [2 * inputs["input_ids"].shape[0]]
+
+
+
+class OneRowAtATime:
+    """RowSampler's choice written out row by row (as it was before its draws were batched): the oracle."""
+
+    def __init__(self, seeds, temperature, top_p):
+        self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def choose(self, scores):
+        chosen = scores.float().argmax(-1)
+        sorted_p, order = torch.softmax(scores.float() / self.temperature, dim=-1).sort(dim=-1, descending=True)
+        cumulative = (sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < self.top_p)).cumsum(-1)
+        for row, g in enumerate(self.generators):
+            if g is not None:
+                u = torch.rand((), generator=g, dtype=torch.float64).item() * float(cumulative[row, -1])
+                k = int(torch.searchsorted(cumulative[row], torch.tensor([u], dtype=cumulative.dtype)))
+                chosen[row] = order[row, min(k, scores.shape[-1] - 1)]
+        return chosen
+
+
+def test_row_sampler_takes_each_rows_own_draw():
+    torch.manual_seed(0)
+    seeds = [None, 3, 11, 2**40, None, 5]
+    sampler, oracle = RowSampler(seeds, temperature=0.8, top_p=0.9), OneRowAtATime(seeds, 0.8, 0.9)
+    for step in range(20):
+        scores = torch.randn(len(seeds), 50) * 3
+        if step % 5 == 2:
+            scores[:, :4] = 6.0  # ties at the top
+        out = sampler(None, scores)
+        assert ((out == 0).sum(-1) == 1).all()  # one token left possible per row, the others -inf
+        assert out.argmax(-1).tolist() == oracle.choose(scores).tolist()
