@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not sys.stderr.isatty():  # CI logs and files: no progress bars (ours: tqdm's disable=None)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by transformers when it loads
+    from .training.precision import ignore_checkpointing_deprecation
+
+    ignore_checkpointing_deprecation()  # raised inside PEFT and TRL: nothing a user of spr can change
     module = getattr(args, "_module", None)
     if module is None:
         (getattr(args, "_parser", None) or parser).print_help()

@@ -431,14 +431,14 @@ def build_rewards(config: GrpoConfig, adapter) -> list:
 
 def build_trainer(config: GrpoConfig, callbacks=()):
     """The GRPOTrainer for ``config``; ``callbacks`` are extra ``transformers.TrainerCallback``s."""
-    from peft import LoraConfig
     from trl import GRPOTrainer
 
     from .train import load_for_training
     from .training.callbacks import TrainLog, quiet_transformers_logs
-    from .training.parts import lora_target_regex
-    from .training.precision import decide
+    from .training.parts import lora_config
+    from .training.precision import decide, ignore_checkpointing_deprecation
 
+    ignore_checkpointing_deprecation()
     precision = decide(config.dtype, "lora", config.device, config.gradient_checkpointing)
     args = grpo_args(config, precision)  # before the model loads (ZeRO-3 shards the weights as they load)
     adapter = load_for_training(config, precision)
@@ -454,18 +454,7 @@ def build_trainer(config: GrpoConfig, callbacks=()):
         )
     model, processor = adapter.model, adapter.processor
     adapter.tokenizer.padding_side = "left"
-    peft_config = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=lora_target_regex(
-            model,
-            adapter.spec,
-            config.lora_target_modules or list(adapter.spec.lora_targets),
-            config.train_vision,
-        ),
-        task_type="CAUSAL_LM",
-    )
+    peft_config = lora_config(config, model, adapter.spec)
     rewards = build_rewards(config, adapter)
     samples = CompletionLog(
         Path(config.out) / COMPLETIONS_FILE, rewards, config.weights(), config.logging_steps,
@@ -526,16 +515,11 @@ def train(config: GrpoConfig, callbacks=()) -> dict:
     summary (``summary["table"]``: the per-metric rows of :func:`summary_rows`)."""
     import contextlib
     import time
-    import warnings
 
     from .data.guard import StageOutput
     from .train import TRAIN_CONFIG_FILE
     from .training.checkpoints import cut_log, last_complete_checkpoint
 
-    # TRL asks transformers' deprecated `is_gradient_checkpointing` at every step: one warning per step otherwise
-    warnings.filterwarnings(
-        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
     if not (config.regions or config.rec):
         raise UserError(
             "nothing to train on: give --regions (description prompts) and/or --rec (REC prompts)"

@@ -212,13 +212,14 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
     ``callbacks`` are extra ``transformers.TrainerCallback``s."""
     from .training.callbacks import TrainLog, quiet_transformers_logs
     from .training.collator import safe_collator
-    from .training.parts import freeze_vision, lora_target_regex
-    from .training.precision import decide
+    from .training.parts import freeze_vision, lora_config
+    from .training.precision import decide, ignore_checkpointing_deprecation
     from .training.reference import cache_path, reference_settings
     from .training.rows import build_dataset, read_pairs
     from .training.trainer import CachedReference, SprDPOTrainer
     from .training.vision import vision_frozen
 
+    ignore_checkpointing_deprecation()
     precision = decide(config.dtype, config.method, config.device, config.gradient_checkpointing)
     # The training arguments exist before the model loads: under DeepSpeed ZeRO-3 this makes from_pretrained
     # partition the weights as they load instead of materialising the whole model in every process.
@@ -242,16 +243,7 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
 
         model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
     elif config.method == "lora":
-        from peft import LoraConfig
-
-        targets = config.lora_target_modules or list(adapter.spec.lora_targets)
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=lora_target_regex(model, adapter.spec, targets, config.train_vision),
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(config, model, adapter.spec)
     else:
         import copy
 

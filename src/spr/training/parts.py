@@ -22,6 +22,22 @@ def language_module(model, spec) -> str:
     return spec.language_module
 
 
+def lora_config(config, model, spec):
+    """The PEFT ``LoraConfig`` of a training config's ``lora_*`` fields (``spr train`` and ``spr grpo``): the
+    family's LoRA targets unless ``lora_target_modules`` names others, inside the language model only unless
+    ``train_vision``."""
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules or list(spec.lora_targets)
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_regex(model, spec, targets, config.train_vision),
+        task_type="CAUSAL_LM",
+    )
+
+
 def lora_target_regex(model, spec, targets, train_vision: bool) -> str:
     """A PEFT ``target_modules`` regex: the ``targets`` linears inside the language model, plus every linear of
     the vision parts when ``train_vision``. Checked to match at least one module."""

@@ -87,3 +87,11 @@ def trainer_arguments(p: Precision) -> dict:
         "activation_checkpointing_kwargs": kwargs,
         "gradient_checkpointing_kwargs": kwargs,
     }
+
+
+def ignore_checkpointing_deprecation() -> None:
+    """PEFT and TRL's trainers ask transformers' deprecated ``is_gradient_checkpointing`` as they build and at
+    every step: one FutureWarning per step otherwise, which buries the progress bar."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing.*` is deprecated", category=FutureWarning)
