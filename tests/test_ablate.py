@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from spr.config import output_settings
 from spr.toy.ablate import ARMS, AblateConfig, arm_run_config, results_markdown, run_ablation
 
 SMALL = ["world.train=4", "generate.samples=2", "generate.max_new_tokens=60", "eval.rec.limit=6",
@@ -65,3 +66,10 @@ def test_results_table_shows_mean_and_spread_of_the_change():
     assert [c.strip() for c in row.split("|")[2:-1]] == ["0.500", "+0.100 ± 0.020"]
     assert "± 0.050" in table  # the base's own sampling error at n = 100
     assert set(ARMS) >= {"spr", "continued", "rounds2", "greedy", "self_refined"}
+
+
+def test_an_experiment_grows_by_more_arms_and_seeds_but_not_by_other_settings():
+    first = output_settings(AblateConfig(arms=["spr"], seeds=[0]))
+    assert output_settings(AblateConfig(arms=["spr", "continued"], seeds=[0, 1, 2])) == first
+    assert output_settings(AblateConfig(arms=["spr"], seeds=[0], steps=480)) != first
+    assert output_settings(AblateConfig(arms=["spr"], seeds=[0], eval_split="test")) != first

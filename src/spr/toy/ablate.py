@@ -70,8 +70,12 @@ class AblateConfig:
     """`spr toy ablate`: arms x seeds of the demo's run, on validation or test scenes."""
 
     out: str = opt("runs/ablate", "experiment directory (re-running with the same settings resumes)", output=False)
-    arms: list[str] = opt(["spr", "dpo", "sft_chosen", "lambda0", "lambda1", "continued"], f"arms to run ({', '.join(ARMS)})")
-    seeds: list[int] = opt([0, 1, 2], "seeds of the arms: regions, samples and training order")
+    # arms and seeds are not settings of the experiment: each arm and seed is a run of its own (guarded by its own
+    # settings), so an experiment grows by re-running it with more of them
+    arms: list[str] = opt(["spr", "dpo", "sft_chosen", "lambda0", "lambda1", "continued"],
+                          f"arms to run ({', '.join(ARMS)}); the first one's shared stages are reused by the others",
+                          output=False)  # fmt: skip
+    seeds: list[int] = opt([0, 1, 2], "seeds of the arms: regions, samples and training order", output=False)
     eval_split: Literal["val", "test"] = opt(
         "val", "evaluate on the validation scenes (to choose a recipe) or the test scenes (the final table)"
     )
@@ -322,7 +326,7 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
             deltas = np.array(values) - (base.get(k, 0) if k in METRICS else 0)
             summary[arm][k] = {"mean": float(np.mean(values)), "delta_mean": float(deltas.mean()),
                                "delta_sd": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0}  # fmt: skip
-    return {"base": base, "arms": arms, "summary": summary, "settings": output_settings(c)}
+    return {"base": base, "arms": arms, "summary": summary, "settings": {**output_settings(c), "arms": c.arms, "seeds": c.seeds}}
 
 
 def results_markdown(results: dict) -> str:
