@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import distributed
-from .config import opt, output_settings, required, to_dict
+from .config import opt, output_settings, required
 from .data.images import DEFAULT_MAX_PIXELS
 from .errors import UserError
 from .models.families import LANGUAGE_TARGETS
@@ -517,7 +517,7 @@ def train(config: GrpoConfig, callbacks=()) -> dict:
     import time
 
     from .data.guard import StageOutput
-    from .train import TRAIN_CONFIG_FILE
+    from .train import save_training_record
     from .training.checkpoints import cut_log, last_complete_checkpoint
 
     if not (config.regions or config.rec):
@@ -559,10 +559,7 @@ def train(config: GrpoConfig, callbacks=()) -> dict:
                 "seconds": round(seconds, 1),
                 "table": summary_rows(history, config.reward_names()),
             }
-            if trainer.is_world_process_zero():
-                trainer.processing_class.save_pretrained(str(out))  # processor, tokenizer, chat template
-                meta = {"config": to_dict(config), "base_model": str(Path(config.model).resolve()), **summary}
-                (out / TRAIN_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            save_training_record(trainer, config, out, summary)
             return summary
     finally:
         distributed.teardown()
@@ -570,10 +567,10 @@ def train(config: GrpoConfig, callbacks=()) -> dict:
 
 def run(config: GrpoConfig) -> int:
     from .table import markdown_table
+    from .train import print_summary
 
     summary = train(config)
     if distributed.is_main_process():
         print(markdown_table(["metric", "first", "last", "mean"], summary.pop("table")))
-        rows = [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]
-        print("trained:\n" + "\n".join(rows) + f"\noutput: {config.out}")
+        print_summary(summary, config.out)
     return 0

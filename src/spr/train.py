@@ -322,18 +322,28 @@ def train(config: TrainConfig, adapter=None, callbacks=()) -> dict:
                 "pairs skipped": trainer.spr_skipped,
                 **_last_rewards(trainer.state.log_history),
             }
-            if trainer.is_world_process_zero():
-                trainer.processing_class.save_pretrained(str(out))  # processor, tokenizer, chat template
-                meta = {"config": to_dict(config), "base_model": str(Path(config.model).resolve()), **summary}
-                (out / TRAIN_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            save_training_record(trainer, config, out, summary)
             return summary
     finally:
         distributed.teardown()
 
 
+def save_training_record(trainer, config, out: Path, summary: dict) -> None:
+    """Beside the trained weights (main process): the processor (tokenizer, chat template) and
+    ``spr_train.json`` (the config, the base model, the summary). Shared by `spr train` and `spr grpo`."""
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
+        meta = {"config": to_dict(config), "base_model": str(Path(config.model).resolve()), **summary}
+        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def print_summary(summary: dict, out) -> None:
+    rows = [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]
+    print("trained:\n" + "\n".join(rows) + f"\noutput: {out}")
+
+
 def run(config: TrainConfig) -> int:
     summary = train(config)
     if distributed.is_main_process():
-        rows = [f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]
-        print("trained:\n" + "\n".join(rows) + f"\noutput: {config.out}")
+        print_summary(summary, config.out)
     return 0

@@ -86,10 +86,12 @@ def line_chart_svg(
     y_label: str,
     width: int = 520,
     height: int = 300,
+    y_range: tuple[float, float] = (0.0, 1.0),
+    x_labels: list[str] | None = None,
 ) -> str:
-    """Lines with markers, one per series (``name -> (y per x or None, css colour)``), y from 0 to 1, the
-    legend to the right of the plot. Every marker has a tooltip with its value. Each series is a
-    ``<g class="series" data-series="name">``."""
+    """Lines with markers, one per series (``name -> (y per x or None, css colour)``), y over ``y_range`` (0
+    to 1 unless given), ``x_labels`` under the ticks (the x values unless given), the legend to the right of the
+    plot. Every marker has a tooltip with its value. Each series is a ``<g class="series" data-series="name">``."""
     names = list(series)
     legend_w = min(180, max(70, 22 + CHAR_W * max([len(n) for n in names] or [4])))
     left, right, top, bottom = 44, legend_w + 16, 24, 40
@@ -100,8 +102,10 @@ def line_chart_svg(
     def px(x: float) -> float:
         return left + (x - lo) / span * pw if len(xs) > 1 else left + pw / 2
 
+    y_lo, y_hi = y_range
+
     def py(y: float) -> float:
-        return top + ph * (1 - min(max(y, 0.0), 1.0))
+        return top + ph * (1 - min(max((y - y_lo) / (y_hi - y_lo), 0.0), 1.0))
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="results-chart" width="{width}" height="{height}" '
@@ -109,20 +113,21 @@ def line_chart_svg(
         f'<text x="{left}" y="14" font-size="12" font-weight="bold">{escape(title)}</text>',
     ]
     for k in range(6):
-        y = k / 5
+        y = y_lo + (y_hi - y_lo) * k / 5
         parts.append(
             f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + pw}" y2="{py(y):.1f}" '
             f'stroke="{"#444" if k == 0 else "#e3e3e3"}"/>'
         )
         parts.append(
-            f'<text x="{left - 5}" y="{py(y) + 3:.1f}" font-size="10" text-anchor="end">{y:.1f}</text>'
+            f'<text x="{left - 5}" y="{py(y) + 3:.1f}" font-size="10" text-anchor="end">{y:.{2 if y_hi - y_lo < 0.5 else 1}f}</text>'
         )
-    for x in xs:
+    for i, x in enumerate(xs):
+        label = x_labels[i] if x_labels else f"{x:g}"
         parts.append(
             f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 4}" stroke="#444"/>'
         )
         parts.append(
-            f'<text x="{px(x):.1f}" y="{top + ph + 15}" font-size="10" text-anchor="middle">{x:g}</text>'
+            f'<text x="{px(x):.1f}" y="{top + ph + 15}" font-size="10" text-anchor="middle">{escape(label)}</text>'
         )
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#444"/>')
     parts.append(
