@@ -104,6 +104,18 @@ def test_an_output_without_a_settings_header_is_not_resumed_blindly(regions, tmp
     assert "nowhere" in err or "no settings header" in err
 
 
+def test_a_run_that_stopped_before_writing_a_record_is_not_held_to_its_settings(tmp_path, capsys):
+    from spr.data.guard import StageOutput
+
+    out = tmp_path / "adapter"
+    with StageOutput(out, "train", {"dtype": "auto"}, directory=True):
+        pass  # e.g. the data was unreadable: nothing written but the header
+    with StageOutput(out, "train", {"dtype": "float32"}, directory=True):
+        (out / "weights").write_text("w")
+    with pytest.raises(Exception, match="dtype: float32 -> auto"):  # once it holds something, it is held
+        StageOutput(out, "train", {"dtype": "auto"}, directory=True).__enter__()
+
+
 # ------------------------------------------------------------------------------------------------ kills
 
 

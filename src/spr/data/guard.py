@@ -114,7 +114,8 @@ def _short(v) -> str:
 
 def has_content(output: Path) -> bool:
     if output.is_dir():
-        return any(p.name not in (".spr.lock",) for p in output.iterdir())
+        # a header alone holds no record: a run that stopped before writing any is not held to its settings
+        return any(p.name not in (".spr.lock", "spr_settings.json") for p in output.iterdir())
     return output.exists() and output.stat().st_size > 0
 
 
