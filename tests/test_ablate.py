@@ -48,6 +48,10 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
     assert len(sft) == 2 * 4 and all(r["rejected"] == r["chosen"] for r in sft)
     table = (out / "results.md").read_text()
     assert "held-out val scenes" in table and "continued SFT" in table and "| wall time (s)" in table
+    # an arm's wall time includes the candidates it reused (at the first arm's time), not the shared base eval
+    spr_steps = json.loads((out / "spr-seed0" / "run_state.json").read_text())["done"]
+    assert results["arms"]["sft_chosen"]["0"]["seconds"] >= spr_steps["round-1/generate"]
+    assert results["arms"]["spr"]["0"]["seconds"] < sum(spr_steps.values())
     base = results["base"]["acc@0.5"]
     for arm in config.arms:
         m = results["summary"][arm]["acc@0.5"]

@@ -292,18 +292,29 @@ def run(config: AblateConfig) -> int:
 # ------------------------------------------------------------------------------------------------- results
 
 
-def arm_cost(run: Path) -> dict:
-    """Wall time of the arm's own steps (shared ones count where they were first made) and tokens it generated."""
+PREPARED = ("world", "eval-regions", "eval/base")  # made once per seed for every arm: no arm's cost
+
+
+def arm_cost(run: Path, donor: Path) -> dict:
+    """Wall time the arm's round steps took, those it reused from the first arm (``donor``) at the first arm's
+    time, so that every arm shows what it would cost alone; and the tokens it generated (sampled candidates, and
+    online RL's answers while it trains). The world and the base's evaluation are shared by all and left out."""
     from ..pipeline import RunState
 
-    done = RunState(run).done
+    done, made = RunState(run).done, RunState(donor).done
+    seconds = 0.0
+    for step, t in done.items():
+        if any(step == p or step.startswith(p + "/") for p in PREPARED):
+            continue
+        reused = donor != run and any(step == p or step.startswith(p + "/") for p in SHARED)
+        seconds += made.get(step, t) if reused else t
     tokens = 0
     for summary in run.glob("round-*/candidates.summary.json"):
         if f"{summary.parent.name}/generate" in done:  # sampled by this arm (or copied from the first: the same)
             tokens += json.loads(summary.read_text()).get("new_tokens", 0)
     for trained in run.glob("round-*/adapter/spr_train.json"):  # online RL samples while it trains
         tokens += json.loads(trained.read_text()).get("generated tokens", 0)
-    return {"seconds": round(sum(done.values()), 1), "generated tokens": tokens}
+    return {"seconds": round(seconds, 1), "generated tokens": tokens}
 
 
 def collect_results(c: AblateConfig, root: Path) -> dict:
@@ -315,7 +326,7 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
             results = json.loads((run / "results.json").read_text())
             models = results["models"]
             base = base or {**models["base"], **results["eval"]}
-            arms[arm][str(seed)] = {**list(models.values())[-1], **arm_cost(run)}
+            arms[arm][str(seed)] = {**list(models.values())[-1], **arm_cost(run, root / f"{c.arms[0]}-seed{seed}")}
     summary = {}
     for arm, per_seed in arms.items():
         summary[arm] = {"seeds": len(per_seed)}
@@ -333,6 +344,7 @@ def results_markdown(results: dict) -> str:
     from ..table import markdown_table
 
     base, summary, settings = results["base"], results["summary"], results["settings"]
+    seeds = settings["seeds"]
     arms = list(summary)
     n = base.get("rec_n") or 0
     p = base.get("acc@0.9") or 0.0
@@ -340,14 +352,18 @@ def results_markdown(results: dict) -> str:
 
     def cell(arm: str, k: str) -> str:
         m = summary[arm].get(k)
-        return f"{m['delta_mean']:+.3f} ± {m['delta_sd']:.3f}" if m else "-"
+        if not m:
+            return "-"
+        return f"{m['delta_mean']:+.3f}" + (f" ± {m['delta_sd']:.3f}" if len(seeds) > 1 else "")
 
     rows = [[k, f"{base[k]:.3f}", *(cell(a, k) for a in arms)] for k in METRICS if base.get(k) is not None]
     rows.append(["wall time (s)", "", *(f"{summary[a]['seconds']['mean']:.0f}" for a in arms)])
     rows.append(["generated tokens", "", *(f"{summary[a]['generated tokens']['mean']:.0f}" for a in arms)])
+    over = f"mean ± sd over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     head = (
-        f"Change against the base on held-out {settings['eval_split']} scenes ({n} referring expressions), "
-        f"mean ± sd over seeds {', '.join(map(str, settings['seeds']))}; every arm trains for {settings['steps']} "
-        f"optimizer steps. Sampling error of the base's acc@0.9 alone: ± {se:.3f}; accuracy at IoU t counts IoU >= t.\n\n"
+        f"Change against the base on held-out {settings['eval_split']} scenes ({n} referring expressions), {over}; "
+        f"every arm trains for {settings['steps']} optimizer steps; wall time: the arm's own steps (those it reused "
+        "from the first arm at the first arm's time), without the world and the base's evaluation. Sampling error "
+        f"of the base's acc@0.9 alone: ± {se:.3f}; accuracy at IoU t counts IoU >= t.\n\n"
     )
     return head + markdown_table(["metric", "base", *(ARMS[a].title for a in arms)], rows) + "\n"
