@@ -9,7 +9,7 @@ import pytest
 from spr.config import output_settings
 from spr.toy.ablate import ARMS, AblateConfig, arm_run_config, results_markdown, run_ablation
 
-SMALL = ["world.train=4", "generate.samples=2", "generate.max_new_tokens=60", "eval.rec.limit=6",
+SMALL = ["world.train=8", "generate.samples=2", "generate.max_new_tokens=60", "eval.rec.limit=6",
          "eval.description.limit=2", "world.val=3", "world.test=3"]  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
 @pytest.mark.slow
 def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_they_can(tmp_path, tiny_model_dir):
     out = tmp_path / "ablate"
-    config = AblateConfig(out=str(out), arms=["spr", "sft_chosen", "continued"], seeds=[0], steps=2,
+    config = AblateConfig(out=str(out), arms=["spr", "sft_chosen", "continued", "grpo_iou"], seeds=[0], steps=2,
                           set=[*SMALL, f"model={tiny_model_dir('qwen2_vl')}", "score.semantic=labels"])  # fmt: skip
     results = run_ablation(config, log=lambda m: None)
     for arm in config.arms:

@@ -155,6 +155,12 @@ def test_completion_log_writes_the_weighted_total_at_logged_steps(tmp_path):
 
 
 @pytest.mark.slow
+def test_fewer_prompts_than_one_step_takes_is_an_error_not_zero_steps(world, tmp_path):
+    # 2 prompts x 4 answers, but 16 answers per step: TRL would drop the incomplete batch and train 0 steps
+    with pytest.raises(UserError, match="fewer than the 16 answers one step takes"):
+        train(_config(tmp_path / "o", rec=str(world["rec"]), per_device_train_batch_size=16))
+
+
 def test_grpo_on_rec_prompts_with_the_iou_reward_merges_and_evaluates(world, tmp_path):
     out = tmp_path / "rec"
     summary = train(_config(out, rec=str(world["rec"]), max_steps=3, beta=0.04))

@@ -452,6 +452,14 @@ def build_trainer(config: GrpoConfig, callbacks=()):
         raise UserError(
             f"no usable prompt in {config.regions or ''} {config.rec or ''} ({len(problems)} problems)"
         )
+    # TRL drops an incomplete batch: with fewer prompts than one step takes it would train for 0 steps
+    per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    if len(rows) * config.num_generations < per_step:
+        raise UserError(
+            f"{len(rows)} prompts x {config.num_generations} answers are fewer than the {per_step} answers one "
+            "step takes (per-device batch x processes x accumulation): add prompts or lower "
+            "--per-device-train-batch-size"
+        )
     model, processor = adapter.model, adapter.processor
     adapter.tokenizer.padding_side = "left"
     peft_config = lora_config(config, model, adapter.spec)

@@ -393,11 +393,16 @@ def write_results(config: RunConfig, run: Path, log=print) -> dict:
     text = f"# {config.title}\n\n{_eval_note(evaluated)}\n\n{table}\n"
     (run / "results.md").write_text(text)
     log("\n" + text)
-    if config.report:
+    # the report shows a round's scored candidates and pairs: the first round that made them (an online-RL
+    # round has none; a run of online RL alone gets no report, its results are results.md)
+    scored = [k for k in range(1, config.rounds + 1) if (run / f"round-{k}" / "scores.jsonl").exists()]
+    if config.report and scored:
         from .report.command import ReportConfig
 
-        run_stage("report", ReportConfig(run=str(run / "round-1"), results=str(run / "results.json"),
+        run_stage("report", ReportConfig(run=str(run / f"round-{scored[0]}"), results=str(run / "results.json"),
                                          out=str(run / "report.html"), title=config.title))  # fmt: skip
+    elif config.report:
+        log("no report.html: no round scored candidates (online RL rounds make no pairs); see results.md")
     return results
 
 
