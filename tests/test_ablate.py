@@ -52,6 +52,9 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
     spr_steps = json.loads((out / "spr-seed0" / "run_state.json").read_text())["done"]
     assert results["arms"]["sft_chosen"]["0"]["seconds"] >= spr_steps["round-1/generate"]
     assert results["arms"]["spr"]["0"]["seconds"] < sum(spr_steps.values())
+    arms0 = {a: results["arms"][a]["0"] for a in config.arms}
+    assert arms0["sft_chosen"]["generated tokens"] == arms0["spr"]["generated tokens"] > 0  # the same samples
+    assert arms0["grpo_iou"]["generated tokens"] > 0 and arms0["continued"]["generated tokens"] == 0
     base = results["base"]["acc@0.5"]
     for arm in config.arms:
         m = results["summary"][arm]["acc@0.5"]

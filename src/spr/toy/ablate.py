@@ -302,15 +302,17 @@ def arm_cost(run: Path, donor: Path) -> dict:
     from ..pipeline import RunState
 
     done, made = RunState(run).done, RunState(donor).done
-    seconds = 0.0
-    for step, t in done.items():
-        if any(step == p or step.startswith(p + "/") for p in PREPARED):
-            continue
-        reused = donor != run and any(step == p or step.startswith(p + "/") for p in SHARED)
-        seconds += made.get(step, t) if reused else t
+
+    def reused(step: str) -> bool:
+        return donor != run and any(step == p or step.startswith(p + "/") for p in SHARED)
+
+    seconds = sum(made.get(s, t) if reused(s) else t for s, t in done.items()
+                  if not any(s == p or s.startswith(p + "/") for p in PREPARED))  # fmt: skip
     tokens = 0
-    for summary in run.glob("round-*/candidates.summary.json"):
-        if f"{summary.parent.name}/generate" in done:  # sampled by this arm (or copied from the first: the same)
+    for step in [s for s in done if s.endswith("/generate")]:
+        # the summary of the run that sampled them (a reusing arm's own run found them all present)
+        summary = (donor if reused(step) else run) / step.split("/")[0] / "candidates.summary.json"
+        if summary.exists():
             tokens += json.loads(summary.read_text()).get("new_tokens", 0)
     for trained in run.glob("round-*/adapter/spr_train.json"):  # online RL samples while it trains
         tokens += json.loads(trained.read_text()).get("generated tokens", 0)
