@@ -20,7 +20,9 @@ COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#7f7f7f")
 ARMS = {"continued": "continued SFT (ground truth)", "spr": "SPR (one round)"}
 
 
-def changes(run: Path) -> dict[str, float]:
+def changes(run: Path) -> dict[str, float | None]:
+    if not (run / "results.json").exists():  # not run (yet): a gap in the line
+        return dict.fromkeys(THRESHOLDS)
     models = json.loads((run / "results.json").read_text())["models"]
     base, last = models["base"], list(models.values())[-1]
     return {k: last[k] - base[k] for k in THRESHOLDS}
@@ -47,9 +49,9 @@ def main() -> None:
     for arm in ARMS:
         rows = [changes(e / f"{arm}-seed{args.seed}") for e in args.experiments]
         for steps, row in zip(args.steps, rows):
-            print(arm, steps, " ".join(f"{k} {v:+.3f}" for k, v in row.items()))
+            print(arm, steps, " ".join(f"{k} {v:+.3f}" if v is not None else f"{k} -" for k, v in row.items()))
         per_arm[arm] = [dict.fromkeys(THRESHOLDS, 0.0), *rows]  # the base itself at step 0
-    values = [v for rows in per_arm.values() for r in rows for v in r.values()]
+    values = [v for rows in per_arm.values() for r in rows for v in r.values() if v is not None]
     y_range = tick_range(min(values), max(values))
     charts = []
     for arm, rows in per_arm.items():
