@@ -22,6 +22,7 @@ def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
     assert spr.train["max_steps"] == 60 and two.train["max_steps"] == 30  # the same budget in all
     assert dpo.train["loss_type"] == ["sigmoid"] and spr.train["loss_type"] == ["sigmoid", "sft"]
     assert spr.regions["seed"] == spr.generate["seed"] == spr.train["seed"] == 1
+    assert arm_run_config(c, "grpo_iou", 1, tmp_path / "d").grpo["seed"] == 1  # online RL samples by the seed too
     assert spr.eval["rec"]["data"] == "{world}/val/rec.jsonl" and spr.world["test"] == 0  # no test scene drawn
     with pytest.raises(ValueError, match="unknown arm"):
         AblateConfig(arms=["spr", "ppo"])

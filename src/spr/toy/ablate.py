@@ -121,6 +121,8 @@ def arm_run_config(c: AblateConfig, arm: str, seed: int, out: Path):
     steps = max(1, c.steps // config.rounds)
     budget = [f"train.max_steps={steps}", "train.num_train_epochs=1000", f"grpo.max_steps={steps}",
               "grpo.num_train_epochs=1000"]  # fmt: skip
+    if "grpo" in config.method:  # online RL draws its own samples and prompt order: from the arm's seed too
+        budget.append(f"grpo.seed={seed}")
     return apply_overrides(replace(config, set=budget))
 
 
