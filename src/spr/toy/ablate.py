@@ -287,6 +287,9 @@ def run_ablation(config: AblateConfig, log=print) -> dict:
 
 
 def run(config: AblateConfig) -> int:
+    from .demo import tiny_model_threads
+
+    tiny_model_threads()
     run_ablation(config)
     return 0
 
