@@ -570,7 +570,7 @@ def train(config: GrpoConfig, callbacks=()) -> dict:
             save_training_record(trainer, config, out, summary)
             return summary
     finally:
-        distributed.teardown()
+        distributed.teardown(timeout=distributed.TRAINING_TEARDOWN)
 
 
 def run(config: GrpoConfig) -> int:

@@ -325,7 +325,7 @@ def train(config: TrainConfig, adapter=None, callbacks=()) -> dict:
             save_training_record(trainer, config, out, summary)
             return summary
     finally:
-        distributed.teardown()
+        distributed.teardown(timeout=distributed.TRAINING_TEARDOWN)
 
 
 def save_training_record(trainer, config, out: Path, summary: dict) -> None:
