@@ -261,3 +261,20 @@ def test_compare_intervals_for_grounding_and_description_match_their_metrics(tmp
     rb = _run(tmp_path, "db", [{**regions[0], "pred_boxes": [a_box, b_box]}, regions[1]], description.TASK, d)
     table = compare.compare_paths(ra, rb, resamples=200)
     assert next(x for x in table.splitlines() if x.startswith("| f1@0.5 |")).count("[") == 1
+
+
+def test_rec_box_errors_show_a_systematic_bias_and_ignore_misses():
+    """A model whose boxes are 2 px too wide and 1 px too high on every side shows +4 / +2 px; a miss (IoU < 0.5)
+    and an answer without a box do not enter the means."""
+    gt = [10.0, 10.0, 40.0, 40.0]
+    preds = [
+        {"gt_box": gt, "pred_box": [8.0, 9.0, 42.0, 41.0], "status": "ok"},
+        {"gt_box": gt, "pred_box": [9.0, 10.0, 43.0, 42.0], "status": "ok"},  # +4 wide, +2 high, shifted +1 / +1
+        {"gt_box": gt, "pred_box": [60.0, 60.0, 90.0, 90.0], "status": "ok"},  # a miss
+        {"gt_box": gt, "pred_box": None, "status": "no_box"},
+    ]
+    m = rec.TASK.aggregate(preds, rec.RecConfig())
+    assert m["width_error"] == pytest.approx(4.0) and m["height_error"] == pytest.approx(2.0)
+    assert m["centre_dx"] == pytest.approx(0.5) and m["centre_dy"] == pytest.approx(0.5)
+    declared = {x.name: x.higher_is_better for x in rec.TASK.metrics}
+    assert declared["width_error"] is None  # a signed error has no better direction: compare names no winner

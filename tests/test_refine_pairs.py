@@ -300,3 +300,21 @@ def test_the_greedy_answer_competes_with_the_samples(region):
     assert pair.chosen_id == f"{region.id}/p0/greedy#refined" and pair.rejected == "text 1"
     (best,), _ = build_pairs({region.id: region}, cands, scores, PairConfig(pairing="best_vs_worst"))
     assert best.chosen == "text greedy"
+
+
+def test_unmatched_box_takes_the_median_of_the_prompts_samples(region):
+    """``unmatched="median"``: a box no reference backs becomes the coordinate-wise median of the samples' boxes
+    for that object; with too few samples agreeing it is kept; matched boxes still snap to their reference."""
+    ghost = (560.0, 20.0, 630.0, 70.0)
+    parts = [("person", shifted(OBJECTS[0][1], 5, 5)), ("a ghost", ghost)]
+    cand = candidate(region, "x", qwen_text(parts), 0)
+    others = [np.array([shifted(ghost, 6, 4)]), np.array([shifted(ghost, 2, 0), (0.0, 0.0, 10.0, 10.0)]),
+              np.array([(0.0, 0.0, 10.0, 10.0)])]  # fmt: skip
+    median = refine_candidate(cand, region, REFS, RefineConfig(unmatched="median"), siblings=others)
+    assert (median.replaced, median.medians, median.kept) == (1, 1, 0)
+    want = np.median([ghost, shifted(ghost, 6, 4), shifted(ghost, 2, 0)], axis=0)
+    assert median.groundings[1]["box"] == pytest.approx(list(want), abs=1.0)  # 0-1000 grid of a 640 px image
+    assert median.groundings[1]["phrase"] == "a ghost"
+    alone = refine_candidate(cand, region, REFS, RefineConfig(unmatched="median"), siblings=others[2:])
+    assert (alone.replaced, alone.medians, alone.kept) == (1, 0, 1)
+    assert "(875,42),(984,146)" in alone.text  # too few samples agree: kept as written

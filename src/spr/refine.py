@@ -8,7 +8,11 @@ then parsed again, so its groundings (and spans) are exactly what a reader of th
 
 Unmatched boxes (no reference above the threshold): ``unmatched="keep"`` (default) leaves them as written, so the
 refined text still says everything the model said; ``unmatched="drop"`` removes the box's own text (the phrase
-stays in the sentence), so the refined text keeps only boxes backed by a reference.
+stays in the sentence), so the refined text keeps only boxes backed by a reference; ``unmatched="median"`` (not
+in the paper: label-free) writes the coordinate-wise median of the model's own boxes for that object across the
+samples of the same prompt (the box and, from each other sample, its best-overlapping box with IoU above the
+threshold), when at least ``MEDIAN_MIN_SAMPLES`` samples agree on the object; else the box is kept. Sampling
+spreads a model's boxes around its mean belief, and the median of several is closer to the object than one draw.
 
 This module also holds the candidate helpers the scoring stage shares: the view a candidate was written in and
 its usable groundings.
@@ -26,19 +30,25 @@ from . import formats
 from .data.records import Candidate, Region
 
 
+UNMATCHED = ("keep", "drop", "median")
+MEDIAN_MIN_SAMPLES = 3
+"""Samples (this box's own included) that must hold a box of the object before their median replaces it."""
+
+
 @dataclass
 class RefineConfig:
     threshold: float = 0.5
     """A box is replaced when its IoU with a reference box is greater than this."""
     unmatched: str = "keep"
-    """'keep' boxes without a matching reference as written, or 'drop' their box text."""
+    """'keep' boxes without a matching reference as written, 'drop' their box text, or write the 'median' of the
+    prompt's sampled boxes for that object."""
     matching: str = "best"
     """'best': each box snaps to its best reference (two boxes may snap to one reference);
     'one_to_one': Hungarian assignment, a reference replaces at most one box."""
 
     def __post_init__(self):
-        if self.unmatched not in ("keep", "drop"):
-            raise ValueError(f"refine unmatched must be 'keep' or 'drop', got {self.unmatched!r}")
+        if self.unmatched not in UNMATCHED:
+            raise ValueError(f"refine unmatched must be one of {', '.join(UNMATCHED)}, got {self.unmatched!r}")
         if self.matching not in ("best", "one_to_one"):
             raise ValueError(f"refine matching must be 'best' or 'one_to_one', got {self.matching!r}")
 
@@ -149,6 +159,7 @@ class Refined:
     text: str
     groundings: list[dict]  # parsed from the refined text, original-image pixels
     replaced: int = 0  # boxes whose text changed to a reference box
+    medians: int = 0  # unmatched boxes whose text changed to the samples' median box
     exact: int = 0  # boxes that matched a reference and already read as it
     dropped: int = 0
     kept: int = 0
@@ -156,7 +167,7 @@ class Refined:
 
     @property
     def changed(self) -> bool:
-        return self.replaced > 0 or self.dropped > 0
+        return self.replaced > 0 or self.dropped > 0 or self.medians > 0
 
 
 def assign_references(predictions, references, config: RefineConfig) -> list[int]:
@@ -175,14 +186,31 @@ def assign_references(predictions, references, config: RefineConfig) -> list[int
     return out
 
 
+def sample_median(box, siblings: list[np.ndarray], threshold: float):
+    """The coordinate-wise median of ``box`` and, from each sibling sample's boxes (each (K, 4)), the one that
+    overlaps it most with IoU above ``threshold``; None when fewer than ``MEDIAN_MIN_SAMPLES`` samples hold one."""
+    found = [B.as_array([box])[0]]
+    for boxes in siblings:
+        if len(boxes):
+            ious = B.iou(B.as_array([box]), boxes)[0]
+            k = int(np.argmax(ious))
+            if ious[k] > threshold:
+                found.append(boxes[k])
+    if len(found) < MEDIAN_MIN_SAMPLES:
+        return None
+    return tuple(float(v) for v in np.median(np.stack(found), axis=0))
+
+
 def refine_candidate(
     candidate: Candidate,
     region: Region,
     references,
     config: RefineConfig | None = None,
     usable: Usable | None = None,
+    siblings: list[np.ndarray] = (),
 ) -> Refined:
-    """The refined text of ``candidate`` against reference boxes (R, 4) (module docstring)."""
+    """The refined text of ``candidate`` against reference boxes (R, 4) (module docstring); ``siblings`` are the
+    usable boxes (original pixels) of the other samples of the same prompt, read by ``unmatched="median"``."""
     cfg = config or RefineConfig()
     usable = usable or usable_groundings(candidate, region)
     text = candidate.text if isinstance(candidate.text, str) else ""
@@ -198,35 +226,45 @@ def refine_candidate(
     refs = B.as_array(references)
     target = assign_references(usable.boxes, refs, cfg)
     edits: list[tuple[int, int, str]] = []
+    medians: set[int] = set()  # span starts of median edits
     for g, j in zip(usable.groundings, target):
         span = g.get("span")
-        if j < 0 and cfg.unmatched == "keep":
+        median = sample_median(g["box"], siblings, cfg.threshold) if j < 0 and cfg.unmatched == "median" else None
+        if j < 0 and median is None and cfg.unmatched != "drop":
             result.kept += 1
             continue
         if not span or not (0 <= span[0] <= span[1] <= len(text)):
             result.problems.append("not refined: box without a span in the text")
             result.kept += 1
             continue
-        if j < 0:
+        if j < 0 and median is None:
             edits.append((span[0], span[1], ""))
             continue
         try:
             new = formats.format_box(
-                view.to_view(refs[j]), candidate.fmt, image_size=view.size, **(candidate.geometry or {})
+                view.to_view(refs[j] if j >= 0 else median),
+                candidate.fmt,
+                image_size=view.size,
+                **(candidate.geometry or {}),
             )
         except ValueError as e:  # the reference lies outside the crop the model saw
             result.problems.append(f"not refined: {e}")
             result.kept += 1
             continue
         if new == text[span[0] : span[1]]:
-            result.exact += 1
+            result.exact += 1 if j >= 0 else 0
+            result.kept += 1 if j < 0 else 0
             continue
         edits.append((span[0], span[1], new))
+        if j < 0:
+            medians.add(span[0])
     out, last_start = text, len(text) + 1
     for start, end, new in sorted(edits, reverse=True):
         if end > last_start:  # overlapping spans: keep the text as it is there
             continue
-        if new:
+        if new and start in medians:
+            result.medians += 1
+        elif new:
             result.replaced += 1
         else:
             result.dropped += 1

@@ -12,6 +12,9 @@ parsed with the family's codec, in original-image pixels. Per-sample predictions
   ``small`` < 128², ``medium`` 128² .. 256² (both ends included), ``large`` > 256² (Ref-L4's buckets: its
   ``sqrt(w * h)`` < 128, <= 256, > 256); ``n_<size>`` counts the samples of each;
 - ``mean_iou``: mean IoU (0 for a miss);
+- ``width_error``, ``height_error``, ``centre_dx``, ``centre_dy``: mean signed error in original pixels
+  (predicted minus true width, height, centre x, centre y) over the boxes that hit (IoU >= 0.5): a
+  systematically loose, tight or shifted model shows here, random error averages out;
 - ``center_acc``: fraction whose predicted box centre lies inside the referent's box;
 - ``parse_fail``: fraction whose answer held no readable box;
 - ``image_fail``: fraction whose image could not be read.
@@ -46,9 +49,10 @@ MACC = "acc@0.5:0.95"
 SIZES = ("small", "medium", "large")
 SMALL_AREA, LARGE_AREA = 128**2, 256**2
 SIZE_METRICS = [f"{m}_{s}" for s in SIZES for m in ("acc@0.5", MACC)]
+BOX_ERRORS = ("width_error", "height_error", "centre_dx", "centre_dy")
 METRIC_KEYS = (
     [f"acc@{t}" for t in THRESHOLDS]
-    + [MACC, "mean_iou", "center_acc", *SIZE_METRICS, "parse_fail", "image_fail", "n"]
+    + [MACC, "mean_iou", "center_acc", *SIZE_METRICS, *BOX_ERRORS, "parse_fail", "image_fail", "n"]
     + [f"n_{s}" for s in SIZES]
 )
 
@@ -121,6 +125,15 @@ def sample_columns(preds: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
         mask = (sizes == s).astype(float)
         cols[f"acc@0.5_{s}"] = ((ious >= 0.5) * mask, mask)
         cols[f"{MACC}_{s}"] = (macc * mask, mask)
+    hit = (has_box & (ious >= 0.5)).astype(float)
+    errors = (
+        (pred[:, 2] - pred[:, 0]) - (gt[:, 2] - gt[:, 0]),
+        (pred[:, 3] - pred[:, 1]) - (gt[:, 3] - gt[:, 1]),
+        cx - (gt[:, 0] + gt[:, 2]) / 2,
+        cy - (gt[:, 1] + gt[:, 3]) / 2,
+    )
+    for key, err in zip(BOX_ERRORS, errors):
+        cols[key] = (err * hit, hit)
     cols["parse_fail"] = (np.array([p.get("status") == "no_box" for p in preds], dtype=float), ones)
     cols["image_fail"] = (np.array([p.get("status") == "image_error" for p in preds], dtype=float), ones)
     return cols
@@ -150,13 +163,15 @@ class RecTask(Task):
         Metric("mean_iou"),
         Metric("center_acc"),
         *(Metric(m) for m in SIZE_METRICS),
+        *(Metric(m, higher_is_better=None) for m in BOX_ERRORS),
         Metric("parse_fail", higher_is_better=False),
         Metric("image_fail", higher_is_better=False),
     )
     caption = (
         "acc@t: share of expressions whose predicted box has IoU >= t with the referent (t included; Ref-L4's "
         "evaluator uses IoU > t); acc@0.5:0.95: mean of acc@t over t = 0.5, 0.55, ..., 0.95;\n"
-        "_small/_medium/_large: referent box area < 128^2, 128^2..256^2, > 256^2 px (Ref-L4's buckets); "
+        "_small/_medium/_large: referent box area < 128^2, 128^2..256^2, > 256^2 px (Ref-L4's buckets);\n"
+        "width/height_error, centre_dx/dy: mean signed error (predicted - true, px) of the boxes with IoU >= 0.5; "
         "no box in the answer or an unreadable image = a miss (IoU 0)"
     )
 

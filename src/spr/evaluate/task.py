@@ -53,7 +53,8 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Metric:
     name: str
-    higher_is_better: bool = True
+    higher_is_better: bool | None = True
+    """None: a diagnostic with no better direction (a signed error)."""
 
 
 class Task:

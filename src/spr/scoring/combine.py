@@ -52,7 +52,10 @@ class ScoreConfig:
     label_mode: Literal["f1", "recall", "precision"] = opt("f1", "which side of the labels scorer to use")
     lam: float = opt(DEFAULT_LAMBDA, "total = lambda * semantic + (1 - lambda) * localization", name="lambda")
     refine: bool = opt(True, "also refine every candidate and score the refined text (id '<candidate>#refined')")
-    unmatched: Literal["keep", "drop"] = opt("keep", "refinement: keep unmatched boxes as written, or drop their text")
+    unmatched: Literal["keep", "drop", "median"] = opt(
+        "keep", "refinement: keep unmatched boxes as written, drop their text, or write the median of the prompt's "
+        "sampled boxes for that object (label-free; not in the paper)"
+    )
     refine_matching: Literal["best", "one_to_one"] = opt(
         "best", "refinement: each box snaps to its best reference, or one reference per box (Hungarian)"
     )
@@ -121,14 +124,20 @@ class RegionScorer:
 
         # (candidate, refined?, text, groundings, problems) for every record to write
         rows = []
-        for cand, use in zip(candidates, usable):
+        by_prompt: dict[str, list[int]] = {}  # the samples of each prompt, for unmatched="median"
+        for i, cand in enumerate(candidates):
+            by_prompt.setdefault(cand.prompt_id, []).append(i)
+        for i, (cand, use) in enumerate(zip(candidates, usable)):
             count_kinds(use.problems, problems)
             text = cand.text if isinstance(cand.text, str) else ""
             rows.append((cand, False, text, use.groundings, use.problems))
             if self.config.refine:
-                ref = refine_candidate(cand, region, refs.boxes, self.refinement, usable=use)
+                siblings = [usable[k].boxes for k in by_prompt[cand.prompt_id] if k != i]
+                ref = refine_candidate(cand, region, refs.boxes, self.refinement, usable=use, siblings=siblings)
                 count_kinds(ref.problems, problems)
                 problems["refined: boxes replaced"] += ref.replaced
+                if self.refinement.unmatched == "median":
+                    problems["refined: boxes set to the samples' median"] += ref.medians
                 problems["refined: boxes dropped"] += ref.dropped
                 rows.append((cand, True, ref.text, ref.groundings, ref.problems))
 

@@ -7,10 +7,18 @@ the object whose centre falls in that token's cell and that object's box. The im
 answer first (a short vision-only phase), then the whole model trains on the language loss plus this auxiliary
 loss. The head is used for training only: the saved model is a stock ``Qwen2VLForConditionalGeneration``.
 
-Training data is drawn afresh from the world for every batch (seeds ``"<seed>:base:<i>"``, disjoint from the
-world's train / val / test scenes): referring expressions answered with one box, and grounded region
-descriptions under SPR's own prompts (full image + region box, cropped region, label hints), all in the model's
-box format, so the base speaks exactly the prompts that ``spr generate`` and ``spr eval`` send.
+Training data is drawn from the world (seeds ``"<seed>:base:<i>"``, disjoint from the world's train / val /
+test scenes; a fixed pool of them, or fresh scenes for every batch): referring expressions answered with one
+box, and grounded region descriptions under SPR's own prompts (full image + region box, cropped region, label
+hints), all in the model's box format, so the base speaks exactly the prompts that ``spr generate`` and ``spr
+eval`` send.
+
+**The annotator.** Real grounding models learn from corpora whose boxes an automatic annotator drew (GRIT was
+boxed by a detector), and detectors' boxes are systematically loose; the detection annotations SPR refines
+against are tight. ``box_grow`` / ``box_jitter`` model that annotator: every box of the training corpus has each
+edge moved outward by ``box_grow`` of the box's side, plus Gaussian jitter of ``box_jitter`` of the side (seeded
+per scene). Only the base's training boxes pass through it (:func:`annotate`); the world's own annotations and
+every evaluation ground truth stay exact.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +64,18 @@ class BaseRecipeConfig:
     rec_fraction: float = 0.6
     """Share of referring-expression examples; the rest are grounded region descriptions."""
     scene_pool: int = 3000
-    """Training scenes drawn once and reused; every pass draws new expressions, regions and prompts from them."""
+    """Training scenes drawn once and reused (every pass draws new expressions, regions and prompts from them);
+    0 draws fresh scenes for every batch, so that the model cannot memorise a pool."""
+    box_grow: float = 0.0
+    """The annotator's systematic error: each edge of a training box moves outward by this fraction of the box's
+    side (negative: inward). 0 for exact boxes."""
+    box_jitter: float = 0.0
+    """The annotator's random error: Gaussian noise on each edge, standard deviation this fraction of the side."""
+    init: str = ""
+    """Model directory to continue training from (its weights; the recipe's size settings are then unused);
+    empty to train from scratch."""
+    freeze_vision: bool = False
+    """Train the language model only (the vision tower keeps its weights; no vision phase, no dense loss)."""
     eval_every: int = 1000
     eval_scenes: int = 100
     """Validation scenes (the world's val split, never test) for the curve recorded during training."""
@@ -74,6 +93,18 @@ class BaseRecipeConfig:
         d["world"] = self.world.to_dict()
         return d
 
+    def __post_init__(self) -> None:
+        from ..errors import UserError
+
+        if self.scene_pool < 0:
+            raise UserError(f"scene_pool must be 0 (fresh scenes) or more, got {self.scene_pool}")
+        if not (math.isfinite(self.box_grow) and -0.25 < self.box_grow < 0.5):
+            raise UserError(f"box_grow must be in (-0.25, 0.5) of the box side, got {self.box_grow}")
+        if not (math.isfinite(self.box_jitter) and 0 <= self.box_jitter < 0.5):
+            raise UserError(f"box_jitter must be in [0, 0.5) of the box side, got {self.box_jitter}")
+        if self.freeze_vision and (self.vision_steps or self.aux_weight):
+            raise UserError("freeze_vision trains the language model only: set vision_steps 0 and aux_weight 0")
+
 
 # ------------------------------------------------------------------------------------------ the model
 
@@ -88,6 +119,12 @@ def build_model(config: BaseRecipeConfig):
     from ..models.adapter import ModelAdapter
     from ..models.processors import processor_class
     from ..models.tiny import make_tokenizer, qwen_config, token_ids
+
+    if config.init:
+        from ..models.loading import load
+
+        adapter = load(config.init, family="qwen2_vl")
+        return adapter.model, adapter.processor, adapter
 
     spec = get_family("qwen2_vl")
     tokenizer = make_tokenizer(spec)
@@ -181,18 +218,52 @@ def description_example(scene, rng: random.Random, adapter, templates) -> Exampl
     return Example(image, rendered.text, answer, objects)
 
 
+def annotate(scene, grow: float, jitter: float):
+    """The scene as the training corpus' annotator boxed it: each edge moved outward by ``grow`` of the box's
+    side plus Gaussian jitter of ``jitter`` of the side, clipped to the image (seeded by the scene). The image and
+    the labels are the scene's own; ``scene`` itself is not changed."""
+    if not grow and not jitter:
+        return scene
+    rng = np.random.default_rng(list(f"annotator:{scene.seed}".encode()))
+    w, h = scene.size
+    objects = []
+    for o in scene.objects:
+        x1, y1, x2, y2 = o.box
+        bw, bh = x2 - x1, y2 - y1
+        dx1, dy1, dx2, dy2 = rng.normal(0.0, jitter, 4) if jitter else np.zeros(4)
+        box = (
+            max(0.0, x1 - (grow + dx1) * bw),
+            max(0.0, y1 - (grow + dy1) * bh),
+            min(float(w), x2 + (grow + dx2) * bw),
+            min(float(h), y2 + (grow + dy2) * bh),
+        )
+        if not B.is_valid(box):  # jitter cannot turn a box inside out: keep the exact one
+            box = tuple(o.box)
+        objects.append(replace(o, box=tuple(float(v) for v in box)))
+    return replace(scene, objects=objects)
+
+
 class ScenePool:
-    """Training scenes made on first use and kept: drawing a scene costs more than a training example."""
+    """Training scenes as the corpus' annotator boxed them. With ``scene_pool`` > 0 a fixed pool, made on first use
+    and kept (drawing a scene costs more than a training example); with 0, a fresh scene for every draw."""
 
     def __init__(self, config: BaseRecipeConfig):
         self.config = config
         self.scenes: dict[int, object] = {}
+        self.drawn = 0
 
-    def __getitem__(self, i: int):
-        i %= self.config.scene_pool
-        if i not in self.scenes:
-            self.scenes[i] = make_scene(self.config.world, f"{self.config.seed}:base:{i}")
-        return self.scenes[i]
+    def draw(self, rng: random.Random):
+        if self.config.scene_pool:
+            i = rng.randrange(self.config.scene_pool)
+            if i not in self.scenes:
+                self.scenes[i] = self._make(i)
+            return self.scenes[i]
+        self.drawn += 1
+        return self._make(self.drawn - 1)
+
+    def _make(self, i: int):
+        scene = make_scene(self.config.world, f"{self.config.seed}:base:{i}")
+        return annotate(scene, self.config.box_grow, self.config.box_jitter)
 
 
 def make_batch_examples(config: BaseRecipeConfig, rng: random.Random, pool: ScenePool, adapter, templates):
@@ -201,7 +272,7 @@ def make_batch_examples(config: BaseRecipeConfig, rng: random.Random, pool: Scen
     rec = rng.random() < config.rec_fraction
     out = []
     while len(out) < config.batch_size:
-        scene = pool[rng.randrange(config.scene_pool)]
+        scene = pool.draw(rng)
         if rec:
             ex = rec_example(scene, rng, adapter, config.expression_kinds)
         else:
@@ -274,7 +345,8 @@ def rec_accuracy(
     adapter, config: BaseRecipeConfig, n_scenes: int, split: str = "val", batch_size: int = 25
 ) -> dict:
     """Greedy REC accuracy of the model on ``n_scenes`` scenes of ``split`` (one expression each, of the kinds
-    the recipe trains on)."""
+    the recipe trains on), against the scenes' exact boxes. ``split`` "base" reads the recipe's own training
+    scenes."""
     import torch
 
     rng = random.Random(f"{config.seed}:recipe-eval")
@@ -342,7 +414,11 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
                 {"phase": "vision", "step": step, "dense_loss": loss.item(), "seconds": time.time() - started}
             )
 
-    params = list(model.parameters()) + list(head.parameters())
+    if config.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.aux_weight:
+        params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
 
     def lr_factor(step: int) -> float:
@@ -356,8 +432,10 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
         examples = make_batch_examples(config, rng, pool, adapter, templates)
         batch = collate(adapter, examples)
         lm = model(**batch).loss
-        classes, boxes = dense_targets(examples, batch["image_grid_thw"], labels)
-        dense = dense_loss(head, captured["tokens"], classes, boxes, len(labels))
+        dense = torch.zeros(())
+        if config.aux_weight:
+            classes, boxes = dense_targets(examples, batch["image_grid_thw"], labels)
+            dense = dense_loss(head, captured["tokens"], classes, boxes, len(labels))
         loss = lm + config.aux_weight * dense
         opt.zero_grad()
         loss.backward()
@@ -380,12 +458,19 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
             metrics = rec_accuracy(adapter, config, config.eval_scenes)
             curve.append({"phase": "eval", "step": step + 1, **metrics, "seconds": time.time() - started})
             log(f"step {step + 1}: val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    # Memorised or general? The same measure on scenes it trained on (exact boxes, not the annotator's).
+    metrics = rec_accuracy(adapter, config, config.eval_scenes, split="base")
+    curve.append({"phase": "eval-train-scenes", "step": config.steps, **metrics, "seconds": time.time() - started})
+    log("training scenes: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    (out / "recipe.json").write_text(json.dumps(config.to_dict(), indent=1))
+    recipe = config.to_dict()
+    if config.init and (Path(config.init) / "recipe.json").exists():  # the chain of recipes that made the weights
+        recipe["init_recipe"] = json.loads((Path(config.init) / "recipe.json").read_text())
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
     return out
 
@@ -412,6 +497,13 @@ class TrainBaseConfig:
     eval_every: int = opt(R.eval_every, "validation REC accuracy every N steps")
     eval_scenes: int = opt(R.eval_scenes, "validation scenes for the curve")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    scene_pool: int = opt(R.scene_pool, "training scenes drawn once and reused; 0: fresh scenes every batch")
+    box_grow: float = opt(R.box_grow, "annotator noise: each training box edge moves outward by this fraction of the side")  # fmt: skip
+    box_jitter: float = opt(R.box_jitter, "annotator noise: Gaussian edge jitter, sd as a fraction of the side")
+    init: str = opt("", "model directory to continue from (empty: from scratch)")
+    freeze_vision: bool = opt(False, "train the language model only (needs --vision-steps 0 --aux-weight 0)")
+    aux_weight: float = opt(R.aux_weight, "weight of the dense image-token loss")
+    warmup: int = opt(R.warmup, "learning-rate warm-up steps")
 
 
 Config = TrainBaseConfig
@@ -435,6 +527,13 @@ def run(args: TrainBaseConfig) -> int:
         eval_every=args.eval_every,
         eval_scenes=args.eval_scenes,
         threads=args.threads or None,
+        scene_pool=args.scene_pool,
+        box_grow=args.box_grow,
+        box_jitter=args.box_jitter,
+        init=args.init,
+        freeze_vision=args.freeze_vision,
+        aux_weight=args.aux_weight,
+        warmup=args.warmup,
         world=PRESETS[args.preset],
     )
     out = train_base(config, args.out)
