@@ -29,7 +29,6 @@ from . import boxes as B
 from . import formats
 from .data.records import Candidate, Region
 
-
 UNMATCHED = ("keep", "drop", "median")
 MEDIAN_MIN_SAMPLES = 3
 """Samples (this box's own included) that must hold a box of the object before their median replaces it."""
