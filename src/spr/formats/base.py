@@ -19,6 +19,19 @@ from .. import boxes as B
 
 Box = tuple[float, float, float, float]
 
+# What ``Codec.finish_box`` says when the box it returns is not the box the model wrote, or it returns none.
+# Rewards that must not pay for a repaired box look for these words (:func:`is_repair`, spr.rewards).
+NON_FINITE = "non-finite coordinate"
+SWAPPED = "corners in the wrong order, swapped"
+CLIPPED = "box outside the image, clipped"
+ZERO_AREA = "box of zero area, dropped"
+REPAIRS = (NON_FINITE, SWAPPED, CLIPPED, ZERO_AREA)
+
+
+def is_repair(problem: str) -> bool:
+    """Whether a parse problem (``"<where>: <what>"``, perhaps prefixed) says a box was repaired or dropped."""
+    return any(f": {r}" in problem for r in REPAIRS)
+
 
 @dataclass
 class Grounding:
@@ -153,17 +166,17 @@ class Codec:
         is clipped without a problem."""
         vals = [float(v) for v in box]
         if not all(math.isfinite(v) for v in vals):
-            problems.append(f"{where}: non-finite coordinate {vals}")
+            problems.append(f"{where}: {NON_FINITE} {vals}")
             return None
         x1, y1, x2, y2 = vals
         if x2 < x1 or y2 < y1:
-            problems.append(f"{where}: corners in the wrong order, swapped")
+            problems.append(f"{where}: {SWAPPED}")
             x1, x2 = min(x1, x2), max(x1, x2)
             y1, y2 = min(y1, y2), max(y1, y2)
         clipped = B.clip((x1, y1, x2, y2), image_size)
         if max(abs(a - b) for a, b in zip(clipped, (x1, y1, x2, y2))) > slack:
-            problems.append(f"{where}: box outside the image, clipped")
+            problems.append(f"{where}: {CLIPPED}")
         if not B.is_valid(clipped):
-            problems.append(f"{where}: box of zero area, dropped")
+            problems.append(f"{where}: {ZERO_AREA}")
             return None
         return clipped
