@@ -20,6 +20,7 @@ import pytest
 from spr import boxes as B
 from spr.cli import main
 from spr.errors import UserError
+from spr.formats.base import is_repair
 from spr.grpo import COMPLETIONS_FILE, LOG_FILE, CompletionLog, GrpoConfig, grpo_args, train
 from spr.models import available_families
 
@@ -84,7 +85,7 @@ def test_config_checks_name_what_is_wrong(tmp_path):
         GrpoConfig(model="m", out="o", regions="g", rewards=["iou_at_t"])
     with pytest.raises(ValueError, match="at least 2"):
         GrpoConfig(model="m", out="o", rec="r", num_generations=1)
-    assert GrpoConfig(model="m", out="o", rec="r", regions="g").reward_names() == ["spr", "iou"]
+    assert GrpoConfig(model="m", out="o", rec="r", regions="g").reward_names() == ["spr", "iou", "format"]
     assert main(["grpo", "--model", "m", "--out", "o", "--rewards", "spr"]) == 2  # a one-line error
     with pytest.raises(UserError, match="--regions .* and/or --rec"):
         train(GrpoConfig(model="m", out=str(tmp_path / "o")))
@@ -182,14 +183,16 @@ def test_grpo_on_rec_prompts_with_the_iou_reward_merges_and_evaluates(world, tmp
     assert [row[0] for row in summary["table"]][:2] == ["reward", "rewards/iou/mean"]
     assert _lora_moved(out)  # the sampled boxes differ in IoU: the policy moved
 
-    # the logged completions: their boxes, and the reward that is their first box's IoU with the referent
+    # the logged completions: their boxes, and the rewards: their first box's IoU with the referent (0 when the
+    # codec repaired a box) plus the format reward
     records = _completions(out)
     assert {r["step"] for r in records} == {1, 2, 3} and all(r["task"] == "rec" for r in records)
     for r in records:
-        iou = (
-            float(B.paired_iou([r["boxes"][0]["box"]], [r["references"][0]["box"]])[0]) if r["boxes"] else 0.0
-        )
-        assert r["rewards"]["iou"] == pytest.approx(iou) and r["reward"] == pytest.approx(iou)
+        repaired = any(is_repair(p) for p in r["problems"])
+        first = r["boxes"][0]["box"] if r["boxes"] and not repaired else None
+        iou = float(B.paired_iou([first], [r["references"][0]["box"]])[0]) if first else 0.0
+        assert r["rewards"]["iou"] == pytest.approx(iou)
+        assert r["reward"] == pytest.approx(iou + r["rewards"]["format"])
 
     merged, evaluated = tmp_path / "merged", tmp_path / "eval"
     assert main(["merge", "--adapter", str(out), "--out", str(merged)]) == 0

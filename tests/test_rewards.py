@@ -60,11 +60,46 @@ def test_rec_rewards_exact_values_on_hand_written_answers():
     assert got["format"] == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
-def test_out_of_image_boxes_are_clipped_for_iou_and_never_well_formatted():
-    answers = ["[50, 50, 150, 150]", "[120, 120, 150, 150]"]  # half outside the 100x100 image; wholly outside
-    got = rewards_of(answers, rec(box=(50.0, 50.0, 100.0, 100.0)))
-    assert got["iou"] == [1.0, 0.0]  # clipped to (50, 50, 100, 100) = the ground truth; nothing left
-    assert got["format"] == [0.0, 0.0]
+def test_repaired_boxes_earn_no_iou_reward_unless_lenient():
+    answers = [
+        "[50, 50, 150, 150]",  # half outside the 100x100 image: clipped, it would be the ground truth
+        "[120, 120, 150, 150]",  # wholly outside
+        "[100, 100, 50, 50]",  # corners swapped: reordered, it would be the ground truth
+        "[50, 50, 100, 100] and [100, 100, 50, 50]",  # a later box repaired: the answer is malformed
+        "[50, 50, 50, 80] [50, 50, 100, 100]",  # the first box has no area: dropped, the second would score
+        "[50.0, 50.5, 100, 100]",  # inside the image, floats: read as written
+    ]
+    names = ("iou", "iou_at_t", "iou_squared", "format")
+    got = rewards_of(answers, rec(box=(50.0, 50.0, 100.0, 100.0)), names)
+    close = 50 * 49.5 / 2500
+    assert got["iou"] == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0, close], abs=1e-12)
+    assert got["iou_at_t"] == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert got["iou_squared"] == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0, close**2], abs=1e-12)
+    assert got["format"] == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    lenient = rewards_of(answers, rec(box=(50.0, 50.0, 100.0, 100.0)), names, lenient=True)
+    assert lenient["iou"] == pytest.approx([1.0, 0.0, 1.0, 1.0, 1.0, close], abs=1e-12)
+    assert lenient["iou_at_t"] == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert lenient["format"] == got["format"]
+
+
+def test_the_issue_s_repaired_qwen2_5_vl_answers_score_zero():
+    """The two answers of issue 26 (500x333 image, ground truth [130, 22, 406, 190]): swapped corners had 0.71,
+    a box past the image's edges 0.03; VLM-R1 and Perception-R1 give both 0. What spr reads beyond their regex
+    (floats, spaces inside brackets, fenced JSON without <answer> tags) still scores."""
+    cols = rec_columns(
+        "s", "img.png", (500, 333), "x", (130, 22, 406, 190), "p", "qwen2_5_vl", {"input_size": (500, 333)}
+    )
+    answers = [
+        '<answer>{"bbox_2d": [431,41,119,209]}</answer>',
+        '<answer>{"bbox_2d": [-23,176,309,595]}</answer>',
+        '<answer>{"bbox_2d": [130.5, 22, 406, 190]}</answer>',
+        '```json\n[{"bbox_2d": [ 130 , 22, 406, 190 ]}]\n```',
+    ]
+    got = rewards_of(answers, cols, ("iou", "format"))
+    assert got["iou"] == pytest.approx([0.0, 0.0, 275.5 / 276, 1.0], abs=1e-12)
+    assert got["format"] == [0.0, 0.0, 1.0, 1.0]
+    lenient = rewards_of(answers, cols, ("iou",), lenient=True)["iou"]
+    assert lenient[0] > 0.7 and lenient[1] > 0.02  # what the old default paid
 
 
 def test_iou_at_t_threshold_is_the_config_s():

@@ -63,10 +63,15 @@ class GrpoConfig:
         None, "model family when config.model_type does not tell", default_text="from config.json"
     )
     rewards: list[str] | None = opt(
-        None, f"reward functions ({', '.join(REWARDS)})", default_text="spr with --regions, iou with --rec"
+        None,
+        f"reward functions ({', '.join(REWARDS)})",
+        default_text="spr with --regions, iou and format with --rec",
     )
     reward_weights: list[float] | None = opt(
         None, "weight of each reward in the total", default_text="1 each"
+    )
+    lenient_iou: bool = opt(
+        False, "iou rewards score a box the codec repaired (corners swapped, clipped to the image); off: 0"
     )
     iou_threshold: float = opt(
         0.5, "t of iou_at_t (IoU >= t scores 1); also the IoU a box needs in spr's localization"
@@ -187,7 +192,7 @@ class GrpoConfig:
     def reward_names(self) -> list[str]:
         if self.rewards:
             return list(self.rewards)
-        return (["spr"] if self.regions else []) + (["iou"] if self.rec else [])
+        return (["spr"] if self.regions else []) + (["iou", "format"] if self.rec else [])
 
     def weights(self) -> list[float]:
         return list(self.reward_weights) if self.reward_weights else [1.0] * len(self.reward_names())
@@ -426,7 +431,9 @@ def build_rewards(config: GrpoConfig, adapter) -> list:
     from .rewards import make_rewards, spr_scorer
 
     scorer = spr_scorer(config.score_config()) if "spr" in config.reward_names() else None
-    return make_rewards(config.reward_names(), adapter.decode, scorer, config.iou_threshold)
+    return make_rewards(
+        config.reward_names(), adapter.decode, scorer, config.iou_threshold, config.lenient_iou
+    )
 
 
 def build_trainer(config: GrpoConfig, callbacks=()):

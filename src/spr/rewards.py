@@ -23,8 +23,11 @@ The rewards (None where one does not apply: TRL leaves it out of that reward's m
   its region's references, computed by :class:`spr.scoring.RegionScorer` as `spr score` does (the completions
   of one prompt are scored together; no refinement). An answer without a usable box has S_loc = 0.
 - ``iou`` (REC prompts): IoU of the answer's first box with the ground truth; 0 without a box (as
-  `spr eval rec` counts a miss).
-- ``iou_at_t`` (REC): 1 when that IoU >= t (t included, the rule of `spr eval rec`'s acc@t), else 0.
+  `spr eval rec` counts a miss), and 0 when the codec had to repair or drop a box of the answer (corners
+  swapped, box clipped to the image, zero area: :attr:`Answer.repaired`), as VLM-R1's and Perception-R1's
+  rewards and every evaluator that reads the raw box give it. ``lenient=True`` scores the repaired box instead
+  (the clipped, reordered box: a policy can then learn malformed boxes at no cost).
+- ``iou_at_t`` (REC): 1 when that IoU (0 for a repaired box, as above) >= t (t included, the rule of `spr eval rec`'s acc@t), else 0.
 - ``iou_squared`` (REC): IoU squared (Perception-R1's sharper IoU reward).
 - ``format`` (every prompt): 1 when the codec reads at least one box and every piece of the answer without a
   problem (no unreadable or unclosed box, no box outside the view), else 0: unparseable or empty text is never
@@ -45,9 +48,12 @@ from dataclasses import dataclass
 
 from . import boxes as B
 from .data.records import Candidate, Region
-from .refine import Usable, usable_groundings
+from .formats.base import is_repair
+from .refine import Usable, problem_kind, usable_groundings
 
 REWARDS = ("spr", "iou", "iou_at_t", "iou_squared", "format")
+# usable_groundings' own words for a stored box it had to fix or leave out (the codec's are formats.is_repair's)
+FIXED_KINDS = {"box outside the image", "degenerate box", "non-finite box"}
 REC_PROMPT_ID = "rec"
 
 
@@ -108,6 +114,12 @@ class Answer:
     @property
     def parses(self) -> bool:
         return bool(self.usable.groundings) and not self.usable.problems
+
+    @property
+    def repaired(self) -> bool:
+        """Whether a box of the answer was not scored as written: the codec swapped its corners, clipped it to
+        the image or dropped it (zero area, non-finite), or a stored box was clipped or left out."""
+        return any(is_repair(p) or problem_kind(p) in FIXED_KINDS for p in self.usable.problems)
 
     @property
     def iou(self) -> float:
@@ -175,10 +187,19 @@ class FormatReward(Reward):
 
 
 class IouReward(Reward):
+    """IoU of a REC answer's first box; 0 for an answer with a repaired box unless ``lenient``."""
+
     name = "iou"
 
+    def __init__(self, decode: Callable | None = None, lenient: bool = False):
+        super().__init__(decode)
+        self.lenient = lenient
+
     def score(self, answers):
-        return [self.of(a.iou) if a.task == "rec" else None for a in answers]
+        return [self.of(self.iou_of(a)) if a.task == "rec" else None for a in answers]
+
+    def iou_of(self, answer: Answer) -> float:
+        return 0.0 if answer.repaired and not self.lenient else answer.iou
 
     def of(self, iou: float) -> float:
         return iou
@@ -187,8 +208,8 @@ class IouReward(Reward):
 class IouAtReward(IouReward):
     name = "iou_at_t"
 
-    def __init__(self, threshold: float = 0.5, decode: Callable | None = None):
-        super().__init__(decode)
+    def __init__(self, threshold: float = 0.5, decode: Callable | None = None, lenient: bool = False):
+        super().__init__(decode, lenient)
         self.threshold = threshold
 
     def of(self, iou):
@@ -241,20 +262,25 @@ def spr_scorer(score_config=None, semantic=None):
 
 
 def make_rewards(
-    names: Sequence[str], decode: Callable | None = None, scorer=None, threshold: float = 0.5
+    names: Sequence[str],
+    decode: Callable | None = None,
+    scorer=None,
+    threshold: float = 0.5,
+    lenient: bool = False,
 ) -> list[Reward]:
     """The reward functions named ``names`` (of :data:`REWARDS`), in order. ``scorer``: the RegionScorer of
-    ``spr`` (default :func:`spr_scorer`); ``threshold``: the t of ``iou_at_t``."""
+    ``spr`` (default :func:`spr_scorer`); ``threshold``: the t of ``iou_at_t``; ``lenient``: the iou rewards
+    score a repaired box (module docstring)."""
     out: list[Reward] = []
     for name in names:
         if name == "spr":
             out.append(SprReward(scorer if scorer is not None else spr_scorer(), decode))
         elif name == "iou":
-            out.append(IouReward(decode))
+            out.append(IouReward(decode, lenient))
         elif name == "iou_at_t":
-            out.append(IouAtReward(threshold, decode))
+            out.append(IouAtReward(threshold, decode, lenient))
         elif name == "iou_squared":
-            out.append(IouSquaredReward(decode))
+            out.append(IouSquaredReward(decode, lenient))
         elif name == "format":
             out.append(FormatReward(decode))
         else:
