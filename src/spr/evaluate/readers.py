@@ -53,6 +53,9 @@ class RecSample:
     """The annotation id as the benchmark spells it (Ref-L4's submission file wants its integer ids)."""
     benchmark: str = ""
     """Set where a benchmark-specific output applies (``"ref-l4"``: the submission file)."""
+    size: float | None = None
+    """The referent's size as the benchmark computes it, ``sqrt(w * h)`` on its own ``[x, y, w, h]`` (Ref-L4):
+    the size buckets read it, since the width of the converted box can differ in the last bit. None: from box."""
 
 
 @dataclass

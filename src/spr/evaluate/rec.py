@@ -10,7 +10,8 @@ parsed with the family's codec, in original-image pixels. Per-sample predictions
   Ref-L4's "mAcc" and the SPR paper's);
 - ``acc@0.5_<size>``, ``acc@0.5:0.95_<size>`` for the referent's size, by its box area in original pixels:
   ``small`` < 128², ``medium`` 128² .. 256² (both ends included), ``large`` > 256² (Ref-L4's buckets: its
-  ``sqrt(w * h)`` < 128, <= 256, > 256); ``n_<size>`` counts the samples of each;
+  ``sqrt(w * h)`` < 128, <= 256, > 256, which Ref-L4 data is bucketed by, on the file's own ``[x, y, w, h]``);
+  ``n_<size>`` counts the samples of each;
 - ``mean_iou``: mean IoU (0 for a miss);
 - ``width_error``, ``height_error``, ``centre_dx``, ``centre_dy``: mean signed error in original pixels
   (predicted minus true width, height, centre x, centre y) over the boxes that hit (IoU >= 0.5): a
@@ -21,9 +22,11 @@ parsed with the family's codec, in original-image pixels. Per-sample predictions
 
 Ref-L4's own evaluator counts IoU > t (strictly); the two differ only for an IoU exactly equal to a threshold.
 For Ref-L4 data the run directory also gets ``refl4_predictions.json``, the benchmark's submission form, to
-score with its code. An answer without a box and an unreadable image are misses (IoU 0), counted and
-reported, never a crash. Metrics are given over all samples and per split (``splits``); a requested split
-absent from the data appears with ``n = 0`` and ``missing: true``.
+score with its code: every id of the requested splits, a ground-truth row spr cannot use or an id without an
+answer written as a miss (:func:`spr.evaluate.refl4.submit`); a ``--limit`` run writes none. An answer
+without a box and an unreadable image are misses (IoU 0), counted and reported, never a crash. Metrics are
+given over all samples and per split (``splits``); a requested split absent from the data appears with
+``n = 0`` and ``missing: true``.
 
 Every metric is a ratio of per-sample sums (:func:`sample_columns`), which is also what ``spr eval compare``
 resamples for its bootstrap intervals.
@@ -92,6 +95,15 @@ def size_of(box) -> str:
     return "small" if area < SMALL_AREA else "large" if area > LARGE_AREA else "medium"
 
 
+def bucket_of(record: dict) -> str:
+    """The size bucket of a prediction record: from ``gt_size`` where the benchmark gave one (Ref-L4's
+    ``sqrt(w * h)`` on its own numbers, compared as its evaluator does), else from ``gt_box``."""
+    size = record.get("gt_size")
+    if size is None:
+        return size_of(record["gt_box"])
+    return "small" if size < SMALL_AREA**0.5 else "large" if size > LARGE_AREA**0.5 else "medium"
+
+
 def sample_ious(preds: list[dict]) -> np.ndarray:
     """IoU of each record's predicted box with its referent (0 without a box)."""
     if not preds:
@@ -120,7 +132,7 @@ def sample_columns(preds: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
     cols[MACC] = (macc, ones)
     cols["mean_iou"] = (ious, ones)
     cols["center_acc"] = (centre.astype(float), ones)
-    sizes = np.array([size_of(b) for b in gt])
+    sizes = np.array([bucket_of(p) for p in preds])
     for s in SIZES:
         mask = (sizes == s).astype(float)
         cols[f"acc@0.5_{s}"] = ((ious >= 0.5) * mask, mask)
@@ -148,7 +160,7 @@ def _group_metrics(preds: list[dict]) -> dict:
         return out
     for key, (num, den) in sample_columns(preds).items():
         out[key] = float(num.sum() / den.sum()) if den.sum() > 0 else None
-    sizes = [size_of(p["gt_box"]) for p in preds]
+    sizes = [bucket_of(p) for p in preds]
     out.update({f"n_{s}": sizes.count(s) for s in SIZES})
     return {k: out[k] for k in METRIC_KEYS}
 
@@ -206,8 +218,7 @@ class RecTask(Task):
         n_nobox = sum(r.get("status") == "no_box" for r in records)
         metrics["problems"] = [f"{n_nobox} answer(s) held no readable box (counted as misses)"] if n_nobox else []
         if getattr(config, "out", None) and any(r.get("benchmark") == refl4.BENCHMARK for r in records):
-            path = refl4.write_submission(Path(config.out) / refl4.SUBMISSION_FILE, records)
-            metrics["refl4_submission"] = str(path)
+            refl4.submit(config, records, metrics)
         return metrics
 
 
@@ -228,6 +239,8 @@ def _record(s, box, text, status, problems, image_size) -> dict:
     }
     if getattr(s, "benchmark", ""):
         rec.update(benchmark=s.benchmark, source_id=s.source_id)
+    if getattr(s, "size", None) is not None:
+        rec["gt_size"] = s.size
     return rec
 
 

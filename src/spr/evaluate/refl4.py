@@ -12,15 +12,21 @@ The release holds ``ref-l4-val.parquet`` and ``ref-l4-test.parquet`` (one row pe
 from the ``split`` column (else the file name). Images are looked up in ``--images``, else ``DATA/images`` and
 ``DATA``; the ones found in neither are extracted once from ``DATA/images.tar.gz`` into the image cache.
 
-Ref-L4's evaluator (``ref_l4/evaluation.py``) takes a JSON list of ``{"id", "pred_bbox", "format"}``: this
-module writes it (:func:`write_submission`, ``refl4_predictions.json`` in the run directory, boxes ``xyxy`` in
-original pixels, ``[0, 0, 0, 0]`` for an answer without a box), so a run can be scored by the benchmark's own
-code and compared with its leaderboard.
+Ref-L4's evaluator (``ref_l4/evaluation.py``) takes a JSON list of ``{"id", "pred_bbox", "format"}`` and stops
+with ``ValueError: Id ... not found`` unless it holds every id of the split it scores. This module writes it
+(:func:`submit`, ``refl4_predictions.json`` in the run directory, boxes ``xyxy`` in original pixels) from the
+annotation files themselves, so every id of the requested splits is there once: ``[0, 0, 0, 0]`` (IoU 0 under
+Ref-L4's evaluator) for an answer without a box, for a row the reader skipped (a zero-width box, an empty
+caption) and for an id without a prediction; those last two are counted (``refl4_misses``) and reported. A
+``--limit`` run evaluates part of a split, so it writes no submission: the evaluator would refuse it, or score
+the unanswered rest as misses. The run can then be scored by the benchmark's own code and compared with its
+leaderboard. Size buckets use ``sqrt(w * h)`` of the file's own ``bbox`` (``RecSample.size``), as Ref-L4 does.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import sys
 import tarfile
@@ -119,6 +125,7 @@ def read_refl4(
             box = xywh_box(row["bbox"], where, problems)
             if box is None:
                 continue
+            _, _, w, h = (float(v) for v in row["bbox"])
             caption = str(row["caption"]).strip()
             if not caption:
                 problems.append(f"{where}: empty caption; skipped")
@@ -130,7 +137,7 @@ def read_refl4(
             out.append(
                 RecSample(
                     id=str(rid), image=str(found or bases[0] / name), expression=caption, box=box, split=split,
-                    file_name=name, source_id=rid, benchmark=BENCHMARK,
+                    file_name=name, source_id=rid, benchmark=BENCHMARK, size=math.sqrt(w * h),
                 )
             )  # fmt: skip
             if limit is not None and len(out) >= limit:
@@ -202,16 +209,53 @@ def _extract(tar_path: Path, names: set[str], dest: Path, problems: list[str]) -
     return done
 
 
-def write_submission(path: str | Path, records: list[dict]) -> Path:
-    """Ref-L4's prediction file: ``[{"id", "pred_bbox": [x1, y1, x2, y2], "format": "xyxy"}, ...]`` for the
-    Ref-L4 records (original pixels; ``[0, 0, 0, 0]``, IoU 0, where no box was read)."""
+def submit(config, records: list[dict], metrics: dict) -> None:
+    """Write the Ref-L4 submission of an `spr eval rec` run (``config.data``, ``config.splits``) into
+    ``config.out``; ``metrics`` gets ``refl4_submission`` (its path, None when not written), ``refl4_misses``
+    and a line in ``problems`` for what it had to fill in or why it wrote nothing."""
+    from .readers import rec_layout
+
+    problems = metrics.setdefault("problems", [])
+    if getattr(config, "limit", None) is not None:
+        metrics["refl4_submission"] = None
+        problems.append(
+            f"{SUBMISSION_FILE} not written: --limit {config.limit} evaluates part of the split, and Ref-L4's "
+            "evaluator needs every id of the split it scores; run without --limit for a submission"
+        )
+        return
+    _, files = rec_layout(config.data)
+    path, misses = write_submission(Path(config.out) / SUBMISSION_FILE, records, files, config.splits)
+    metrics["refl4_submission"], metrics["refl4_misses"] = str(path), misses
+    if misses:
+        problems.append(
+            f"{misses} Ref-L4 annotation(s) without a prediction (a ground-truth row spr cannot use, or no answer) "
+            f"written to {SUBMISSION_FILE} as misses [0, 0, 0, 0]: Ref-L4's evaluator counts them, these metrics do not"
+        )
+
+
+def write_submission(
+    path: str | Path, records: list[dict], files: list[Path], splits=None
+) -> tuple[Path, int]:
+    """Ref-L4's prediction file: ``[{"id", "pred_bbox": [x1, y1, x2, y2], "format": "xyxy"}, ...]``, one row per
+    annotation id of ``files`` in ``splits`` (all when None), in file order; the box of its record (original
+    pixels), ``[0, 0, 0, 0]`` (IoU 0) where it has none. Returns the path and how many ids had no record."""
     path = Path(path)
-    rows = [
-        {"id": r.get("source_id", r["id"]), "pred_bbox": [float(v) for v in (r.get("pred_box") or (0, 0, 0, 0))], "format": "xyxy"}
-        for r in records
-        if r.get("benchmark") == BENCHMARK
-    ]  # fmt: skip
+    by_id = {str(r.get("source_id", r["id"])): r for r in records if r.get("benchmark") == BENCHMARK}
+    rows, seen, misses = [], set(), 0
+    for file in files:
+        default_split = split_of(file)
+        for row in _rows(file):
+            rid = row.get("id") if isinstance(row, dict) else None
+            if rid is None or str(rid) in seen:  # no id to write; an id twice would stop the evaluator
+                continue
+            if splits and str(row.get("split") or default_split) not in splits:
+                continue
+            seen.add(str(rid))
+            record = by_id.get(str(rid))
+            misses += record is None
+            box = (record or {}).get("pred_box") or (0, 0, 0, 0)
+            rows.append({"id": rid, "pred_bbox": [float(v) for v in box], "format": "xyxy"})
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(rows) + "\n", encoding="utf-8")
     tmp.replace(path)
-    return path
+    return path, misses
