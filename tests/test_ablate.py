@@ -9,8 +9,7 @@ import pytest
 from spr.config import output_settings
 from spr.toy.ablate import ARMS, AblateConfig, arm_run_config, results_markdown, run_ablation
 
-SMALL = ["world.train=8", "generate.samples=2", "generate.max_new_tokens=60", "eval.rec.limit=6",
-         "eval.description.limit=2", "world.val=3", "world.test=3"]  # fmt: skip
+SMALL = ["world.train=8", "generate.samples=2", "generate.max_new_tokens=60", "eval.description.limit=2"]
 
 
 def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
@@ -31,7 +30,7 @@ def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
 @pytest.mark.slow
 def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_they_can(tmp_path, tiny_model_dir):
     out = tmp_path / "ablate"
-    config = AblateConfig(out=str(out), arms=["spr", "sft_chosen", "continued", "grpo_iou"], seeds=[0], steps=2,
+    config = AblateConfig(out=str(out), arms=["spr", "sft_chosen", "continued", "grpo_iou"], seeds=[0], steps=2, eval_scenes=3,
                           set=[*SMALL, f"model={tiny_model_dir('qwen2_vl')}", "score.semantic=labels"])  # fmt: skip
     results = run_ablation(config, log=lambda m: None)
     for arm in config.arms:
@@ -60,6 +59,9 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
     for arm in config.arms:
         m = results["summary"][arm]["acc@0.5"]
         assert m["delta_mean"] == pytest.approx(results["arms"][arm]["0"]["acc@0.5"] - base)
+        lo, hi = m["ci"]  # the paired bootstrap interval of the change holds the change itself
+        assert lo - 1e-9 <= m["delta_mean"] <= hi + 1e-9
+    assert "acc@0.75" in results["base"]  # (a random tiny model hits nothing: no box error to average)
 
 
 def test_results_table_shows_mean_and_spread_of_the_change():

@@ -387,7 +387,38 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
             deltas = np.array(values) - (base.get(k, 0) if k in METRICS else 0)
             summary[arm][k] = {"mean": float(np.mean(values)), "delta_mean": float(deltas.mean()),
                                "delta_sd": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0}  # fmt: skip
+        for k, interval in seed_mean_intervals(c, root, arm).items():
+            summary[arm][k]["ci"] = interval
     return {"base": base, "arms": arms, "summary": summary, "settings": {**output_settings(c), "arms": c.arms, "seeds": c.seeds}}
+
+
+def seed_mean_intervals(c: AblateConfig, root: Path, arm: str) -> dict[str, list[float]]:
+    """Paired bootstrap 95% intervals of the arm's seed-mean change against the base, per REC metric: the
+    expressions are resampled (the same draws for the base and every seed), so the interval says how much the
+    change depends on which expressions were drawn (:mod:`spr.evaluate.bootstrap`)."""
+    from ..evaluate import bootstrap, rec
+    from ..evaluate.compare import load_predictions
+
+    def columns(records: list[dict], ids: list[str]):
+        by_id = {str(r["id"]): r for r in records}
+        cols = rec.sample_columns([by_id[i] for i in ids])
+        return np.stack([cols[k][0] for k in REC_KEYS], 1), np.stack([cols[k][1] for k in REC_KEYS], 1)
+
+    first = root / f"{arm}-seed{c.seeds[0]}"
+    base = load_predictions(first / "eval" / "base" / "rec")
+    if not base:
+        return {}
+    ids = sorted(str(r["id"]) for r in base)
+    num_base, den = columns(base, ids)
+    nums = []
+    for seed in c.seeds:
+        rounds = sorted((root / f"{arm}-seed{seed}").glob("round-*/eval/rec"), key=lambda d: int(d.parts[-3][6:]))
+        records = load_predictions(rounds[-1]) if rounds else None
+        if not records or {str(r["id"]) for r in records} != set(ids):
+            return {}
+        nums.append(columns(records, ids)[0])
+    _, lo, hi = bootstrap.paired_bootstrap(num_base, den, np.mean(nums, axis=0), den)
+    return {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(REC_KEYS)}
 
 
 def results_markdown(results: dict) -> str:
@@ -406,7 +437,8 @@ def results_markdown(results: dict) -> str:
             return "-"
         if k in BOX_ERRORS:
             return f"{m['mean']:+.2f}"
-        return f"{m['delta_mean']:+.3f}" + (f" ± {m['delta_sd']:.3f}" if len(seeds) > 1 else "")
+        ci = f" [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]" if m.get("ci") else ""
+        return f"{m['delta_mean']:+.3f}" + (f" ± {m['delta_sd']:.3f}" if len(seeds) > 1 else "") + ci
 
     def base_cell(k: str) -> str:
         return f"{base[k]:+.2f}" if k in BOX_ERRORS else f"{base[k]:.3f}"
@@ -421,6 +453,7 @@ def results_markdown(results: dict) -> str:
         "from the first arm at the first arm's time), without the world and the base's evaluation. Sampling error "
         f"of the base's acc@0.9 alone: ± {se:.3f}; accuracy at IoU t counts IoU >= t. width/height_error and "
         "centre_dx/dy: mean signed error (predicted - true, px) of the boxes with IoU >= 0.5, each arm's own "
-        "value (mean over seeds), not a change.\n\n"
+        "value (mean over seeds), not a change. [lo, hi]: paired bootstrap 95% interval of the seed-mean change, "
+        "resampling the expressions.\n\n"
     )
     return head + markdown_table(["metric", "base", *(ARMS[a].title for a in arms)], rows) + "\n"
