@@ -4,7 +4,8 @@ A row is ``{"id", "images": [path], "crop_box": null | [x1, y1, x2, y2], "prompt
 [assistant turn], "rejected": [assistant turn], "geometry": {"format", "pixel_budget", "codec"}}``. Every field
 is checked for its type, every image is decoded (a truncated file is caught here, not in the middle of an
 epoch), crop boxes must lie inside their image, no text may hold the processor's image or video placeholder
-token, and the box format and pixel budget the answers were written under must be the ones the model trains
+token, the image parts must be where TRL's vision DPO collator puts the row's image (:func:`image_slots`), and
+the box format and pixel budget the answers were written under must be the ones the model trains
 with. A problem names ``file:line`` and stops, or with ``skip_bad`` skips that row and is counted.
 
 The dataset holds strings only: images load from their paths when a batch is built (cropped to ``crop_box``).
@@ -21,6 +22,7 @@ from ..data.jsonl import JsonlError, check_manifest, iter_jsonl
 from ..errors import UserError
 
 REQUIRED = ("images", "prompt", "chosen", "rejected")
+ROLES = ("system", "user", "assistant", "tool")  # the roles TRL's prepare_multimodal_messages accepts
 
 
 class RowProblem(ValueError):
@@ -28,14 +30,17 @@ class RowProblem(ValueError):
 
 
 def _texts(messages, name: str, role: str) -> list[str]:
-    """The texts of a conversational field, checked: a non-empty list of {role, content} messages ending with a
-    ``role`` message, content a string or a list of {"type": "text", "text": str} / {"type": "image"} parts."""
+    """The texts of a conversational field, checked: a non-empty list of {role, content} messages (roles of
+    :data:`ROLES`) ending with a ``role`` message, content a string or a list of {"type": "text", "text": str} /
+    {"type": "image"} parts."""
     if not isinstance(messages, list) or not messages:
         raise RowProblem(f"field {name!r} must be a non-empty list of chat messages, got {messages!r:.80}")
     texts = []
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
             raise RowProblem(f"field {name!r} has a message without a 'role' string and 'content': {m!r:.80}")
+        if m["role"] not in ROLES:
+            raise RowProblem(f"field {name!r} has a message of role {m['role']!r}; roles: {', '.join(ROLES)}")
         content = m["content"]
         if isinstance(content, str):
             texts.append(content)
@@ -46,6 +51,8 @@ def _texts(messages, name: str, role: str) -> list[str]:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
+            elif kind == "image" and "image" in part:
+                raise RowProblem(f"field {name!r}: an image part carries its own image ({part!r:.80}); the row's image comes from 'images'")  # fmt: skip
             elif kind != "image":
                 raise RowProblem(f"field {name!r}: a content part must be {{type: text, text: str}} or {{type: image}}, got {part!r:.80}")  # fmt: skip
     if messages[-1]["role"] != role:
@@ -53,11 +60,40 @@ def _texts(messages, name: str, role: str) -> list[str]:
     return texts
 
 
+def image_slots(messages, n_images: int) -> int:
+    """How many image placeholders TRL's collator finds in a checked field given ``n_images`` images (TRL 1.16
+    ``prepare_multimodal_messages``: the first user message written as a plain string gets one per image; every
+    {"type": "image"} part outside tool messages is one). It stops a batch unless this equals the images it
+    was given: the row's images for the prompt, none for chosen and rejected."""
+    plain_user = any(m["role"] == "user" and isinstance(m["content"], str) for m in messages)
+    parts = sum(
+        isinstance(p, dict) and p.get("type") == "image"
+        for m in messages
+        if m["role"] != "tool" and isinstance(m["content"], list)
+        for p in m["content"]
+    )
+    return parts + (n_images if plain_user else 0)
+
+
+def _check_slots(row: dict, n_images: int) -> None:
+    slots = image_slots(row["prompt"], n_images)
+    if slots != n_images:
+        raise RowProblem(
+            f"field 'prompt' has {slots} image slot(s) for the row's {n_images} image (an image part each, or the "
+            "first user message written as plain text); TRL's collator needs exactly one per image"
+        )
+    for name in ("chosen", "rejected"):
+        if image_slots(row[name], 0):
+            raise RowProblem(f"field {name!r} has an image part; the image belongs in the prompt (TRL's collator gives the answers none)")  # fmt: skip
+
+
 def _crop(value, size) -> list[float] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 4 or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     ):
         raise RowProblem(f"'crop_box' must be null or four numbers [x1, y1, x2, y2], got {value!r}")
     x1, y1, x2, y2 = value
@@ -77,6 +113,7 @@ def check_row(row: dict, base_dir: Path, adapter=None, max_pixels: int = DEFAULT
         raise RowProblem(f"'images' must be a list with one image path, got {row['images']!r:.80}")
     texts = _texts(row["prompt"], "prompt", "user")
     answers = _texts(row["chosen"], "chosen", "assistant") + _texts(row["rejected"], "rejected", "assistant")
+    _check_slots(row, len(images))
     image = images[0]
     if not Path(image).is_absolute() and not Path(image).exists() and (base_dir / image).exists():
         image = str(base_dir / image)
@@ -88,8 +125,12 @@ def check_row(row: dict, base_dir: Path, adapter=None, max_pixels: int = DEFAULT
     if adapter is not None:
         for token in adapter.placeholder_tokens():
             if any(token in t for t in texts + answers):
-                raise RowProblem(f"a text contains the placeholder token {token!r} (the collator would expand it)")
-        _check_geometry(row.get("geometry"), adapter, (crop[2] - crop[0], crop[3] - crop[1]) if crop else size)
+                raise RowProblem(
+                    f"a text contains the placeholder token {token!r} (the collator would expand it)"
+                )
+        _check_geometry(
+            row.get("geometry"), adapter, (crop[2] - crop[0], crop[3] - crop[1]) if crop else size
+        )
     return {
         "id": str(row.get("id")),
         "image": image,
@@ -107,7 +148,9 @@ def _check_geometry(geometry, adapter, view_size) -> None:
         return  # rows written by hand: nothing recorded to check
     fmt = geometry.get("format")
     if fmt and fmt != adapter.fmt:
-        raise RowProblem(f"the answers are in box format {fmt!r}; the model writes {adapter.fmt!r} (--format)")
+        raise RowProblem(
+            f"the answers are in box format {fmt!r}; the model writes {adapter.fmt!r} (--format)"
+        )
     budget = geometry.get("pixel_budget")
     if budget and budget != adapter.pixel_budget():
         raise RowProblem(
@@ -134,7 +177,9 @@ def read_pairs(
         raise UserError(f"{path}: no such file (the dpo.jsonl written by `spr pairs`)")
     stale = check_manifest(path)
     if stale:
-        raise UserError(f"{path}: not the DPO rows of a finished `spr pairs` run ({stale}); run `spr pairs` again")
+        raise UserError(
+            f"{path}: not the DPO rows of a finished `spr pairs` run ({stale}); run `spr pairs` again"
+        )
     try:
         lines = list(enumerate(iter_jsonl(path), start=1))
     except JsonlError as e:
