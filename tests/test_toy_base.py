@@ -3,22 +3,26 @@ import random
 
 import pytest
 
+from spr.errors import UserError
 from spr.toy.base_recipe import (
     BaseRecipeConfig,
     Example,
     ScenePool,
+    annotate,
     build_model,
     collate,
     dense_targets,
     make_batch_examples,
+    rec_example,
     train_base,
 )
-from spr.toy.world import PRESETS
+from spr.toy.world import PRESETS, make_scene
 
 
 def small_config(**kw):
+    kw = {"scene_pool": 4, **kw}
     return BaseRecipeConfig(hidden_size=32, intermediate_size=64, layers=1, heads=2, vision_dim=32, vision_depth=1,
-                            batch_size=2, scene_pool=4, world=PRESETS["easy"], **kw)  # fmt: skip
+                            batch_size=2, world=PRESETS["easy"], **kw)  # fmt: skip
 
 
 def test_dense_target_lands_in_the_cell_of_the_object_centre():
@@ -62,7 +66,7 @@ def test_recipe_saves_a_stock_model_directory_with_its_curve(tmp_path):
     adapter = load(out)
     assert type(adapter.model).__name__ == "Qwen2VLForConditionalGeneration" and adapter.fmt == "qwen2_vl"
     curve = json.loads((out / "curve.json").read_text())
-    assert {c["phase"] for c in curve} == {"vision", "joint", "eval"}
+    assert {c["phase"] for c in curve} == {"vision", "joint", "eval", "eval-train-scenes"}
     assert json.loads((out / "recipe.json").read_text())["world"]["objects"] == [5, 5]
 
 
@@ -85,3 +89,65 @@ def test_shipped_base_grounds_on_held_out_test_scenes():
     metrics = rec_accuracy(models.load(ASSETS / "base"), config, 60, split="test")
     assert metrics["acc@0.5"] >= 0.3
     assert metrics["acc@0.9"] < metrics["acc@0.5"] / 2
+
+
+def test_the_annotator_loosens_training_boxes_as_documented_and_leaves_the_scene_exact():
+    scene = make_scene(PRESETS["easy"], "0:base:3")
+    exact = [tuple(o.box) for o in scene.objects]
+    loose = annotate(scene, grow=0.1, jitter=0.0)
+    for (x1, y1, x2, y2), o in zip(exact, loose.objects):
+        w, h = x2 - x1, y2 - y1
+        want = (max(0.0, x1 - 0.1 * w), max(0.0, y1 - 0.1 * h), min(112.0, x2 + 0.1 * w), min(112.0, y2 + 0.1 * h))
+        assert o.box == pytest.approx(want)
+    assert [tuple(o.box) for o in scene.objects] == exact  # the world's own scene is not touched
+    jittered = annotate(scene, grow=0.06, jitter=0.03)
+    assert jittered.objects[0].box != loose.objects[0].box
+    assert [o.box for o in annotate(scene, 0.06, 0.03).objects] == [o.box for o in jittered.objects]  # seeded
+    assert annotate(scene, 0.0, 0.0) is scene  # exact boxes: the v1 recipe, unchanged
+    with pytest.raises(UserError, match="box_grow"):
+        BaseRecipeConfig(box_grow=float("nan"))
+
+
+def test_the_base_trains_on_the_annotators_boxes_of_fresh_scenes():
+    config = small_config(box_grow=0.1, scene_pool=0)
+    _, _, adapter = build_model(config)
+    pool = ScenePool(config)
+    rng = random.Random(0)
+    first, second = pool.draw(rng), pool.draw(rng)
+    assert (first.seed, second.seed) == ("0:base:0", "0:base:1")  # a fresh scene for every draw
+    exact = make_scene(config.world, first.seed)
+    assert all(a.box != b.box for a, b in zip(first.objects, exact.objects))
+    ex = rec_example(first, random.Random(1), adapter)
+    assert ex.target in [o.box for o in first.objects]  # the answer holds the annotator's box
+    assert ex.target not in [tuple(o.box) for o in exact.objects]
+
+
+@pytest.mark.slow
+def test_the_ground_truth_control_and_the_evaluation_read_exact_boxes(tmp_path, tiny_model_dir):
+    """The annotator's noise reaches the base's training data only: continued SFT on ground truth (the ablation's
+    ceiling) and the recipe's own evaluation read the world's exact boxes even when the base's recipe was noisy."""
+    import shutil
+
+    from spr import formats
+    from spr.toy.ablate import continued_sft_data
+    from spr.toy.base_recipe import eval_examples
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), base)
+    config = small_config(box_grow=0.2, expression_kinds=("label",))
+    (base / "recipe.json").write_text(json.dumps({**config.to_dict(), "rec_fraction": 1.0}))
+    rows = [json.loads(x) for x in continued_sft_data(base, PRESETS["easy"], 0, 6, None, tmp_path / "sft.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    from spr.models import load
+
+    adapter = load(base)
+    for row in rows:
+        answer = row["chosen"][0]["content"][0]["text"]
+        image = __import__("PIL.Image", fromlist=["Image"]).open(row["images"][0])
+        box = formats.parse(answer, adapter.fmt, image_size=image.size, **adapter.geometry(image.size))[0].box
+        scene = make_scene(PRESETS["easy"], f"0:continued:{int(row['id'].split('/')[1])}")
+        assert any(box == pytest.approx(o.box, abs=0.6) for o in scene.objects)  # exact, to the codec's grid
+    # the recipe's curve (validation, and its own training scenes) scores against the exact boxes
+    for split in ("val", "base"):
+        for i, ex in enumerate(eval_examples(adapter, config, 3, split)):
+            assert ex.target in [tuple(o.box) for o in make_scene(config.world, f"0:{split}:{i}").objects]

@@ -341,6 +341,19 @@ def collate(adapter, examples):
 # ---------------------------------------------------------------------------------------- evaluation
 
 
+def eval_examples(adapter, config: BaseRecipeConfig, n_scenes: int, split: str) -> list[Example]:
+    """One referring expression of each of ``n_scenes`` scenes of ``split``, with the scene's exact box (never the
+    annotator's: the curve measures what the world is, not what the corpus said)."""
+    rng = random.Random(f"{config.seed}:recipe-eval")
+    items = []
+    for i in range(n_scenes):
+        scene = make_scene(config.world, f"{config.seed}:{split}:{i}")
+        ex = rec_example(scene, rng, adapter, config.expression_kinds)
+        if ex:
+            items.append(ex)
+    return items
+
+
 def rec_accuracy(
     adapter, config: BaseRecipeConfig, n_scenes: int, split: str = "val", batch_size: int = 25
 ) -> dict:
@@ -349,13 +362,7 @@ def rec_accuracy(
     scenes."""
     import torch
 
-    rng = random.Random(f"{config.seed}:recipe-eval")
-    items = []
-    for i in range(n_scenes):
-        scene = make_scene(config.world, f"{config.seed}:{split}:{i}")
-        ex = rec_example(scene, rng, adapter, config.expression_kinds)
-        if ex:
-            items.append(ex)
+    items = eval_examples(adapter, config, n_scenes, split)
     ious = []
     adapter.model.eval()
     with torch.inference_mode():
