@@ -11,8 +11,8 @@ Model: the shipped shapes-world base (a tiny Qwen2-VL that grounds, so its sampl
   here every completion, so that they can be compared), saving included.
 - ``plain``: what a user writes from TRL's documentation: the images decoded into a ``datasets.Dataset`` up front,
   ``LoraConfig(target_modules=[...names...])``, and an IoU reward written by hand (the first
-  ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` of the answer's token ids, on Qwen2-VL's 0-1000 grid, clipped to the
-  image). The model loads with ``spr.models.load`` (the plain transformers loader cannot load a Qwen2-VL processor
+  ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` of the answer's token ids, on Qwen2-VL's 0-1000 grid; 0 for a box
+  with swapped corners or outside the grid, as spr's default). The model loads with ``spr.models.load`` (the plain transformers loader cannot load a Qwen2-VL processor
   without torchvision).
 
 Both use the same GRPO settings, seed, CPU settings and prompt order, so they sample the same completions (the
@@ -102,7 +102,9 @@ def run_plain(a) -> dict:
                 out.append(0.0)
                 continue
             x1, y1, x2, y2 = (int(v) / 1000 * s for v, s in zip(m.groups(), (w, h, w, h)))
-            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            if not (0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h):
+                out.append(0.0)
+                continue
             inter = max(0.0, min(x2, gx2) - max(x1, gx1)) * max(0.0, min(y2, gy2) - max(y1, gy1))
             union = max(0.0, x2 - x1) * max(0.0, y2 - y1) + (gx2 - gx1) * (gy2 - gy1) - inter
             out.append(inter / union if union > 0 else 0.0)
