@@ -92,7 +92,7 @@ def _answer_boxes(rng: random.Random, w: int, h: int):
     yield "beyond", [x1, y1, w + rng.randint(3, 60), y2] if rng.random() < 0.5 else [x1, y1, x2, h + rng.randint(3, 60)]  # fmt: skip
 
 
-def test_vlm_r1s_rec_reward_never_pays_less_than_spr_and_agrees_on_well_formed_boxes():
+def test_vlm_r1s_rec_reward_agrees_on_well_formed_boxes_and_spr_pays_no_malformed_one():
     """Qwen2.5-VL answers (pixels of the resized input) on a 500x333 image read as 504x336: where VLM-R1 gives 0
     (swapped corners, negative numbers) spr gives 0; on a box inside the image the two IoUs are equal; past the
     far edge VLM-R1 pays the raw box's IoU and spr 0 (lenient: the clipped box's, never less than the raw)."""
@@ -115,7 +115,6 @@ def test_vlm_r1s_rec_reward_never_pays_less_than_spr_and_agrees_on_well_formed_b
         theirs = vlm_r1_iou(text, gt, inp, size)
         their_format = 1.0 if VLM_R1_FORMAT.search(text) else 0.0
         ours = got["iou"][0]
-        assert ours <= theirs + 1e-12, (kind, box, gt)  # spr never pays a box more than VLM-R1 does
         assert got["format"][0] <= their_format
         pixels = [box[0] / inp[0] * size[0], box[1] / inp[1] * size[1], box[2] / inp[0] * size[0], box[3] / inp[1] * size[1]]  # fmt: skip
         if kind == "inside":
@@ -125,8 +124,8 @@ def test_vlm_r1s_rec_reward_never_pays_less_than_spr_and_agrees_on_well_formed_b
             assert got["format"][0] == their_format == 1.0
         elif kind in ("swapped", "negative"):
             assert theirs == 0.0 and ours == 0.0 and got["format"][0] == 0.0
-        else:
-            assert ours == 0.0 and got["format"][0] == 0.0
+        else:  # VLM-R1 pays the raw box, spr nothing (lenient: the clipped box, which overlaps no less)
+            assert ours == 0.0 <= theirs and got["format"][0] == 0.0
             assert lenient >= _raw_iou(pixels, gt) - 1e-12
         checked[kind] += 1
     assert min(checked.values()) >= 100, checked
@@ -173,7 +172,7 @@ def pr1_reward(text: str, gt_grid) -> float | None:
     return (inter / union) ** 2
 
 
-def test_perception_r1s_grounding_reward_never_pays_less_than_spr_and_agrees_on_well_formed_boxes():
+def test_perception_r1s_reward_agrees_on_well_formed_boxes_and_spr_pays_no_malformed_one():
     """Qwen2-VL answers in its 0-1000 grid, ground truth in the same grid (IoU does not change with the scale
     of an axis): inside the image spr's iou_squared equals Perception-R1's reward; swapped corners get 0 from
     both; a box outside the grid gets Perception-R1's raw IoU squared and 0 from spr."""
@@ -196,13 +195,12 @@ def test_perception_r1s_grounding_reward_never_pays_less_than_spr_and_agrees_on_
                 continue
             got = spr_rewards([text], gt, size, "qwen2_vl")
             ours = got["iou_squared"][0]
-            assert ours <= theirs + 1e-12, (kind, (x1, y1, x2, y2), gt_grid)
             if kind == "inside":
                 assert ours == pytest.approx(theirs, abs=1e-9) and got["format"][0] == 1.0
             elif kind == "swapped":
                 assert theirs == 0.0 and ours == 0.0
             else:
-                assert ours == 0.0 and got["format"][0] == 0.0
+                assert ours == 0.0 <= theirs and got["format"][0] == 0.0
             checked[kind] += 1
     assert min(checked.values()) >= 100, checked
 
