@@ -2,9 +2,11 @@
 
 transformers 5 builds the Qwen2-VL, Qwen2.5-VL and InternVL video processors on torchvision. Without torchvision,
 ``AutoProcessor.from_pretrained`` either raises ("Can't load video processor") or, on some directories, silently
-returns only the tokenizer. Images do not need the video processor, so :func:`image_only` derives a processor
-class without that attribute: it builds, runs, saves and reloads like the original (the saved files name the
-original class, so a machine with torchvision loads the same directory with ``AutoProcessor`` as usual).
+returns only the tokenizer; with torchvision, the full class refuses a directory saved without a video processor
+(every tiny model, the shipped shapes-world base: "Can't load video processor", seen on a GPU machine) and cannot
+be built without one. SPR reads images only, so these families always use :func:`image_only`, a processor class
+without that attribute: it builds, runs, saves and reloads like the original (the saved files name the original
+class, so the directory stays a normal one).
 """
 
 from __future__ import annotations
@@ -55,9 +57,7 @@ def processor_class(spec: FamilySpec) -> type:
     import transformers
 
     cls = getattr(transformers, spec.processor_class)
-    if spec.has_video_processor and not torchvision_available():
-        return image_only(cls)
-    return cls
+    return image_only(cls) if spec.has_video_processor else cls
 
 
 def is_full_processor(processor) -> bool:
@@ -82,7 +82,7 @@ def check_processor_files(path: Path) -> None:
 
 
 def load_processor(path: str | Path, spec: FamilySpec, trust_remote_code: bool = False):
-    """The family's full processor from a local directory (image-only when torchvision is missing)."""
+    """The family's full processor from a local directory (image-only for families with a video processor)."""
     path = Path(path)
     check_processor_files(path)
     cls = processor_class(spec)
