@@ -438,10 +438,9 @@ def build_rewards(config: GrpoConfig, adapter) -> list:
 
 def build_trainer(config: GrpoConfig, callbacks=()):
     """The GRPOTrainer for ``config``; ``callbacks`` are extra ``transformers.TrainerCallback``s."""
-    from trl import GRPOTrainer
-
     from .train import load_for_training
-    from .training.callbacks import TrainLog, quiet_transformers_logs
+    from .training.callbacks import TrainLog
+    from .training.grpo_trainer import SprGRPOTrainer
     from .training.parts import lora_config
     from .training.precision import decide, ignore_checkpointing_deprecation
 
@@ -475,7 +474,7 @@ def build_trainer(config: GrpoConfig, callbacks=()):
         Path(config.out) / COMPLETIONS_FILE, rewards, config.weights(), config.logging_steps,
         config.sample_completions, adapter.decode,
     )  # fmt: skip
-    trainer = GRPOTrainer(
+    return SprGRPOTrainer(
         model=model,
         reward_funcs=[samples.wrap(r) for r in rewards],
         args=args,
@@ -483,12 +482,9 @@ def build_trainer(config: GrpoConfig, callbacks=()):
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[TrainLog(Path(config.out) / LOG_FILE, quiet=config.quiet), *callbacks],
+        precision=precision,
+        skipped=len(problems),
     )
-    quiet_transformers_logs(trainer)
-    trainer.spr_precision = precision
-    trainer.spr_prompts = len(rows)
-    trainer.spr_skipped = len(problems)
-    return trainer
 
 
 # -------------------------------------------------------------------------------------------------------- run
@@ -526,58 +522,36 @@ def generated_tokens(history: list[dict], completions_per_step: int) -> int:
 
 
 def train(config: GrpoConfig, callbacks=()) -> dict:
-    """Train (resuming from the newest complete checkpoint), save the adapter with the processor; returns a
-    summary (``summary["table"]``: the per-metric rows of :func:`summary_rows`)."""
-    import contextlib
-    import time
-
-    from .data.guard import StageOutput
-    from .train import save_training_record
-    from .training.checkpoints import cut_log, last_complete_checkpoint
+    """Train (resuming from the newest complete checkpoint; a completed run is a no-op), save the adapter with
+    the processor; returns a summary (``summary["table"]``: the per-metric rows of :func:`summary_rows`)."""
+    from .training.lifecycle import run_training
 
     if not (config.regions or config.rec):
         raise UserError(
             "nothing to train on: give --regions (description prompts) and/or --rec (REC prompts)"
         )
-    out = Path(config.out)
-    main = distributed.is_main_process()
-    try:
-        with contextlib.ExitStack() as held:
-            if main:
-                held.enter_context(
-                    StageOutput(out, "grpo", settings(config), config.overwrite, directory=True)
-                )
-            resume_from = last_complete_checkpoint(out) if config.resume else None
-            if main:
-                step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
-                for name in (LOG_FILE, COMPLETIONS_FILE):
-                    cut_log(out / name, step)
-            if resume_from:
-                log.info("resuming from %s", resume_from)
-            trainer = build_trainer(config, callbacks)
-            start = time.perf_counter()
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            seconds = time.perf_counter() - start
-            trainer.save_model(str(out))  # the adapter, plus the processing class
-            args = trainer.args
-            history = [e for e in trainer.state.log_history if "step" in e]
-            per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-            summary = {
-                "train_loss": result.training_loss,
-                "global_step": result.global_step,
-                "world_size": args.world_size,
-                "precision": trainer.spr_precision.describe(),
-                "prompts": trainer.spr_prompts,
-                "prompts skipped": trainer.spr_skipped,
-                "completions per step": per_step,
-                "generated tokens": generated_tokens(history, per_step),
-                "seconds": round(seconds, 1),
-                "table": summary_rows(history, config.reward_names()),
-            }
-            save_training_record(trainer, config, out, summary)
-            return summary
-    finally:
-        distributed.teardown(timeout=distributed.TRAINING_TEARDOWN)
+
+    def summarize(trainer, result, seconds: float) -> dict:
+        args = trainer.args
+        history = [e for e in trainer.state.log_history if "step" in e]
+        per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        return {
+            "train_loss": result.training_loss,
+            "global_step": result.global_step,
+            "world_size": args.world_size,
+            "precision": trainer.spr_precision.describe(),
+            "prompts": len(trainer.train_dataset),
+            "prompts skipped": trainer.spr_skipped,
+            "completions per step": per_step,
+            "generated tokens": generated_tokens(history, per_step),
+            "seconds": round(seconds, 1),
+            "table": summary_rows(history, config.reward_names()),
+        }
+
+    return run_training(
+        config, "grpo", settings(config), lambda: build_trainer(config, callbacks), summarize,
+        logs=(LOG_FILE, COMPLETIONS_FILE),
+    )  # fmt: skip
 
 
 def run(config: GrpoConfig) -> int:

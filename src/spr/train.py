@@ -28,21 +28,19 @@ rewards/accuracies per log step).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from . import distributed
-from .config import opt, output_settings, required, to_dict
+from .config import opt, output_settings, required
 from .data.images import DEFAULT_MAX_PIXELS
 from .models.families import LANGUAGE_TARGETS
 
 log = logging.getLogger(__name__)
 
 HELP = "DPO training on preference pairs (TRL DPOTrainer; LoRA on the language model by default)."
-TRAIN_CONFIG_FILE = "spr_train.json"
 
 
 @dataclass
@@ -210,14 +208,13 @@ def use_cached_reference(config: TrainConfig, rows: list[dict]) -> bool:
 def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = None, callbacks=()):
     """The DPOTrainer for ``config`` (the model loads from ``config.model`` unless an adapter is given);
     ``callbacks`` are extra ``transformers.TrainerCallback``s."""
-    from .training.callbacks import TrainLog, quiet_transformers_logs
+    from .training.callbacks import TrainLog
     from .training.collator import safe_collator
     from .training.parts import freeze_vision, lora_config
     from .training.precision import decide, ignore_checkpointing_deprecation
     from .training.reference import cache_path, reference_settings
     from .training.rows import build_dataset, read_pairs
     from .training.trainer import CachedReference, SprDPOTrainer
-    from .training.vision import vision_frozen
 
     ignore_checkpointing_deprecation()
     precision = decide(config.dtype, config.method, config.device, config.gradient_checkpointing)
@@ -255,6 +252,10 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         for p in ref_model.parameters():
             p.requires_grad_(False)
 
+    reference = None
+    if cache_reference:
+        ref = reference_settings(config.model, precision, config.max_length, adapter)
+        reference = CachedReference(rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size)
     trainer = SprDPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -264,6 +265,10 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         processing_class=processor,
         peft_config=peft_config,
         callbacks=[TrainLog(Path(config.out) / "train_log.jsonl", quiet=config.quiet), *callbacks],
+        precision=precision,
+        skipped=len(problems),
+        reference=reference,
+        vision_spec=adapter.spec if config.share_vision else None,
     )
     if config.adapter:
         # TRL makes the reference a frozen copy ("ref") of the adapter it was given; a LoRA whose B is zero adds
@@ -271,14 +276,6 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         for name, p in trainer.model.named_parameters():
             if ".ref." in name and "lora_B" in name:
                 p.data.zero_()
-    if config.share_vision and vision_frozen(trainer.model, adapter.spec):
-        trainer.spr_spec = adapter.spec
-    if cache_reference:
-        ref = reference_settings(config.model, precision, config.max_length, adapter)
-        trainer.spr_reference = CachedReference(rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size)
-    quiet_transformers_logs(trainer)
-    trainer.spr_precision = precision
-    trainer.spr_skipped = len(problems)
     return trainer
 
 
@@ -293,48 +290,23 @@ def _last_rewards(history: list[dict]) -> dict:
 
 
 def train(config: TrainConfig, adapter=None, callbacks=()) -> dict:
-    """Train (resuming from the newest complete checkpoint), save the final adapter (or model) with processor,
-    tokenizer and chat template; returns a summary."""
-    import contextlib
+    """Train (resuming from the newest complete checkpoint; a completed run is a no-op), save the final adapter
+    (or model) with processor, tokenizer and chat template; returns a summary."""
+    from .training.lifecycle import run_training
 
-    from .data.guard import StageOutput
-    from .training.checkpoints import cut_log, last_complete_checkpoint
+    def summarize(trainer, result, seconds: float) -> dict:
+        return {
+            "train_loss": result.training_loss,
+            "global_step": result.global_step,
+            "world_size": trainer.args.world_size,
+            "precision": trainer.spr_precision.describe(),
+            "pairs skipped": trainer.spr_skipped,
+            **_last_rewards(trainer.state.log_history),
+        }
 
-    out = Path(config.out)
-    main = distributed.is_main_process()
-    try:
-        with contextlib.ExitStack() as held:
-            if main:
-                held.enter_context(StageOutput(out, "train", settings(config), config.overwrite, directory=True))
-            resume_from = last_complete_checkpoint(out) if config.resume else None
-            if main:
-                cut_log(out / "train_log.jsonl", int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0)
-            if resume_from:
-                log.info("resuming from %s", resume_from)
-            trainer = build_trainer(config, adapter, callbacks=callbacks)
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            trainer.save_model(str(out))  # adapter or full model, plus the processing class (processor)
-            summary = {
-                "train_loss": result.training_loss,
-                "global_step": result.global_step,
-                "world_size": trainer.args.world_size,
-                "precision": trainer.spr_precision.describe(),
-                "pairs skipped": trainer.spr_skipped,
-                **_last_rewards(trainer.state.log_history),
-            }
-            save_training_record(trainer, config, out, summary)
-            return summary
-    finally:
-        distributed.teardown(timeout=distributed.TRAINING_TEARDOWN)
-
-
-def save_training_record(trainer, config, out: Path, summary: dict) -> None:
-    """Beside the trained weights (main process): the processor (tokenizer, chat template) and
-    ``spr_train.json`` (the config, the base model, the summary). Shared by `spr train` and `spr grpo`."""
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))
-        meta = {"config": to_dict(config), "base_model": str(Path(config.model).resolve()), **summary}
-        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return run_training(
+        config, "train", settings(config), lambda: build_trainer(config, adapter, callbacks=callbacks), summarize
+    )
 
 
 def print_summary(summary: dict, out) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from trl import DPOTrainer
 
+from .lifecycle import SprTrainer
 from .reference import compute_reference
-from .vision import multimodal_model, shared_vision
+from .vision import multimodal_model, shared_vision, vision_frozen
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,15 @@ class CachedReference:
     batch_size: int
 
 
-class SprDPOTrainer(DPOTrainer):
-    spr_spec = None  # the family's FamilySpec, when vision features are shared
-    spr_reference: CachedReference | None = None
+class SprDPOTrainer(SprTrainer, DPOTrainer):
+    """``reference``: where the reference's log-probs are cached (None: the reference runs in every step);
+    ``vision_spec``: the family's FamilySpec, to share vision features when the vision tower is frozen."""
+
+    def __init__(self, *args, reference: CachedReference | None = None, vision_spec=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spr_reference = reference
+        # the features are shared only while they do not change: with the vision tower frozen
+        self.spr_spec = vision_spec if vision_spec is not None and vision_frozen(self.model, vision_spec) else None
 
     def train(self, *args, **kwargs):
         if self.spr_reference is not None and not self.precompute_ref_logps:
