@@ -146,7 +146,10 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
                 f"box format {adapter.fmt!r} of the {adapter.family} family is not available; "
                 f"choose one with --format ({', '.join(formats.available())})"
             )
-        guard = StageOutput(out, "generate", settings(config, adapter), config.overwrite, extra=tuple(shards_of(out)))
+        guard = StageOutput(
+            out, "generate", settings(config, adapter), config.overwrite, extra=tuple(shards_of(out)),
+            inputs={"regions": config.regions},
+        )  # fmt: skip
         with contextlib.ExitStack() as held:
             if rank == 0:
                 held.enter_context(guard)

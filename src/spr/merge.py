@@ -66,13 +66,11 @@ def merge(
     family: str | None = None,
     dtype: str = "float32",
     verify: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Merge ``adapter_dir`` into ``base`` and save the complete model to ``out``; returns ``out``."""
-    import torch
-    from peft import PeftModel
-
-    from spr import models
-
+    """Merge ``adapter_dir`` into ``base`` and save the complete model to ``out``; returns ``out``. ``out`` is
+    guarded like every stage output (:class:`spr.data.guard.StageOutput`): one writer at a time, and a directory
+    that holds another model (or a merge of other weights) is replaced only with ``overwrite``."""
     adapter_dir, out = Path(adapter_dir), Path(out)
     if not (adapter_dir / "adapter_config.json").exists():
         if (adapter_dir / "config.json").exists():
@@ -90,6 +88,21 @@ def merge(
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if out.resolve() in (Path(base).resolve(), adapter_dir.resolve()):
         raise UserError(f"--out {out} would overwrite an input; choose a new directory")
+
+    from spr.data.guard import StageOutput, fingerprint
+
+    settings = {"base": fingerprint(base), "family": family, "dtype": dtype}
+    weights = {"adapter": adapter_dir / "adapter_model.safetensors"}
+    with StageOutput(out, "merge", settings, overwrite, directory=True, inputs=weights):
+        _merge_into(adapter_dir, out, Path(base), family, dtype, verify)
+    return out
+
+
+def _merge_into(adapter_dir: Path, out: Path, base: Path, family: str | None, dtype: str, verify: bool):
+    import torch
+    from peft import PeftModel
+
+    from spr import models
 
     loaded = models.load(str(base), family=family, device="cpu")
     model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
@@ -114,7 +127,6 @@ def merge(
             models.load(str(out), family=family, device="cpu")
         except UserError as e:
             raise UserError(f"the merged model in {out} does not load back: {e}") from None
-    return out
 
 
 @dataclass
@@ -126,12 +138,16 @@ class MergeConfig:
     base: str | None = opt(None, "base model directory", default_text="the one recorded by `spr train`")
     family: str | None = opt(None, "model family when config.model_type does not tell", default_text="from config.json")
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "dtype of the saved weights")
+    overwrite: bool = opt(False, "replace what --out holds (another model, another merge)", output=False)
 
 
 Config = MergeConfig
 
 
 def run(config: MergeConfig) -> int:
-    out = merge(config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype)
+    out = merge(
+        config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype,
+        overwrite=config.overwrite,
+    )  # fmt: skip
     print(f"merged model with its processor: {out}")
     return 0

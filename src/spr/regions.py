@@ -146,7 +146,9 @@ def run(config: RegionConfig) -> int:
     )  # fmt: skip
     skipped = Problems()
     total = 0
-    guard = StageOutput(config.out, "regions", output_settings(config), config.overwrite)
+    guard = StageOutput(
+        config.out, "regions", output_settings(config), config.overwrite, inputs={"annotations": config.annotations}
+    )
     with guard, JsonlWriter(config.out) as writer:
         for image in tqdm(images, desc="regions", unit="img", disable=None):
             if config.limit is not None and total >= config.limit:

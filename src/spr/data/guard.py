@@ -9,6 +9,9 @@
   A stage resumes only under the same settings; other settings are refused with the differences named, and
   ``overwrite`` removes the old output and starts over. An output that holds records but no header (written by
   hand or by an older version) is refused too, because nobody can tell how it was made.
+- **Inputs by content.** The input files a stage names (``inputs``) enter the header by size and content hash
+  (:func:`content_id`), not by path: an input regenerated at the same path (``spr generate --overwrite`` into
+  the same candidates.jsonl) is another input, and a resume over it is refused with the file named.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def remove_output(output: Path, extra: tuple[Path, ...] = ()) -> None:
 class StageOutput:
     """Lock ``output`` and check (or write) its settings header; use as a context manager around the writing.
 
-    ``settings`` are compared as JSON. ``resume=False`` is for stages that rewrite their output whole (pairs):
+    ``settings`` are compared as JSON, and so are the ``inputs`` (name -> file) by their content. ``resume=False`` is for stages that rewrite their output whole (pairs):
     lock and header, nothing to compare. ``extra`` are files that belong to the output (shards, summaries, the
     DPO rows beside the pairs) and go with it on ``overwrite``. ``directory=True`` treats ``output`` as a
     directory (created when missing)."""
@@ -152,9 +155,11 @@ class StageOutput:
         extra: tuple[Path, ...] = (),
         directory: bool = False,
         resume: bool = True,
+        inputs: dict[str, str | Path | None] | None = None,
     ):
         self.output = Path(output)
         self.stage, self.overwrite, self.extra, self.resume = stage, overwrite, tuple(extra), resume
+        settings = {**settings, **{f"input {k}": content_id(p) for k, p in (inputs or {}).items() if p}}
         self.settings = json.loads(json.dumps(settings, default=str))
         if directory:
             self.output.mkdir(parents=True, exist_ok=True)
@@ -193,9 +198,11 @@ class StageOutput:
                 diff = _differences(old.get("settings") or {}, self.settings)
                 if old.get("stage") != self.stage:
                     diff.insert(0, f"stage: {old.get('stage')} -> {self.stage}")
+                changed = [d.split(":")[0][len("input ") :] for d in diff if d.startswith("input ")]
+                hint = f"; an input changed since ({', '.join(changed)}): its records are others" if changed else ""
                 raise UserError(
-                    f"{self.output} was written with other settings ({'; '.join(diff)}); resume with the same "
-                    "settings, choose another output, or pass --overwrite to start over"
+                    f"{self.output} was written with other settings ({'; '.join(diff)}){hint}; resume with the "
+                    "same settings, choose another output, or pass --overwrite to start over"
                 )
             return
         self.header.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +219,17 @@ class StageOutput:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def content_id(path: str | Path) -> str:
+    """An input file by what it holds: its size and a hash of its bytes (a directory or a missing file by its
+    path; the stage reading it says what is wrong)."""
+    from .jsonl import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        return str(path)
+    return f"{path.stat().st_size} bytes, sha256 {file_sha256(path)[:16]}"
 
 
 def fingerprint(model_dir: str | Path) -> dict:

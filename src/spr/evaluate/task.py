@@ -177,7 +177,8 @@ def evaluate(task: Task, config, adapter=None) -> dict:
         for msg in overlap_warnings:  # before the predictions: the user may stop here
             print(f"warning: {msg}", file=sys.stderr)
     out = Path(config.out)
-    with StageOutput(out, f"eval {task.name}", task.settings(config), config.overwrite, directory=True):
+    inputs = {"data": config.data} if Path(config.data).is_file() else None  # a directory: by its path
+    with StageOutput(out, f"eval {task.name}", task.settings(config), config.overwrite, directory=True, inputs=inputs):
         with JsonlWriter(out / PREDICTIONS_FILE) as writer:
             if samples and any(not writer.has(s.id) for s in samples):
                 adapter = adapter or load_adapter(config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections import Counter, defaultdict
@@ -23,8 +24,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from PIL import Image
-
+from ..data.images import ImageProblem, load_image
 from ..data.records import Candidate, Pair, Region, Score
 from ..pairs import prompt_key
 from ..refine import problem_kind
@@ -43,7 +43,15 @@ from .draw import (
 )
 from .svg import histogram_svg, line_chart_svg
 
-ASSETS = "report_files"
+log = logging.getLogger(__name__)
+
+
+def assets_dir(page: Path) -> Path:
+    """Where a page's images go: ``<page stem>_files/`` beside it (``report.html``: ``report_files/``), so two
+    reports in one directory never remove each other's images."""
+    return page.with_name(page.stem + "_files")
+
+
 MODEL_COLOURS = ["#7a7a7a", "#1e6fd9", "#e6550d", "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf"]
 
 
@@ -326,16 +334,15 @@ def _score_line(s: Score | None) -> str:
 
 
 def _image_pair(
-    region: Region, sides: list[tuple[str, list[Layer]]], out_dir: Path, key: str, written: set[str]
+    region: Region, sides: list[tuple[str, list[Layer]]], assets: Path, key: str, written: set[str]
 ) -> dict[str, str]:
     """For each (side name, layers): the HTML of the image at DISPLAY_SIDE px on its longer side, linked to a
-    larger copy (click to enlarge); both PNGs written to ``report_files/``."""
+    larger copy (click to enlarge); both PNGs written to ``assets``."""
     try:
-        with Image.open(region.image) as im:
-            im.load()
-            original = im.convert("RGB")
-    except (OSError, ValueError) as e:
-        msg = f'<p class="muted">image not readable: {escape(str(region.image))} ({escape(str(e))})</p>'
+        original = load_image(region.image)  # the one loader: size limit before any pixel is decoded
+    except ImageProblem as e:
+        log.warning("region %s: %s", region.id, e)
+        msg = f'<p class="muted">image not shown: {escape(str(e))}</p>'
         return {name: msg for name, _ in sides}
     out = {}
     w, h = original.size
@@ -343,10 +350,10 @@ def _image_pair(
         shown = draw_boxes(original, layers, DISPLAY_SIDE)
         big = draw_boxes(original, layers, full_side(original.size))
         small_name, big_name = _asset_name(f"{key}/{name}"), _asset_name(f"{key}/{name}/full")
-        shown.save(out_dir / ASSETS / small_name)
-        big.save(out_dir / ASSETS / big_name)
+        shown.save(assets / small_name)
+        big.save(assets / big_name)
         written.update((small_name, big_name))
-        src, href = escape(ASSETS + "/" + quote(small_name)), escape(ASSETS + "/" + quote(big_name))
+        src, href = escape(quote(f"{assets.name}/{small_name}")), escape(quote(f"{assets.name}/{big_name}"))
         out[name] = (
             f'<a href="{href}" title="open the image at {big.width}x{big.height} px">'
             f'<img class="view" src="{src}" width="{shown.width}" height="{shown.height}" '
@@ -415,7 +422,7 @@ def _region_section(
     pair: Pair | None,
     scores: list[Score],
     by_id: dict,
-    out_dir: Path,
+    assets: Path,
     written: set[str],
 ) -> str:
     """One region and prompt: chosen and rejected side by side, each on its own image; every scored text."""
@@ -428,7 +435,7 @@ def _region_section(
                 ("chosen", _layers(region, pair.chosen_groundings)),
                 ("rejected", _layers(region, pair.rejected_groundings)),
             ],
-            out_dir,
+            assets,
             anchor,
             written,
         )
@@ -459,7 +466,7 @@ def _region_section(
         )
         parts.append("</div>")
     else:
-        images = _image_pair(region, [("references", _layers(region))], out_dir, anchor, written)
+        images = _image_pair(region, [("references", _layers(region))], assets, anchor, written)
         parts.append(images["references"])
         parts.append('<p class="muted">no pair for this region</p>')
     what = "region" if prompt_id is None else "prompt"
@@ -794,9 +801,10 @@ def _statistics(data: ReportData) -> str:
 
 
 def render_report(data: ReportData, out: str | Path, max_regions: int = 50, title: str = "SPR run") -> Path:
-    """Write the page to ``out`` (and its images to ``report_files/`` beside it)."""
+    """Write the page to ``out`` (and its images to :func:`assets_dir` beside it)."""
     out = Path(out)
-    (out.parent / ASSETS).mkdir(parents=True, exist_ok=True)
+    assets = assets_dir(out)
+    assets.mkdir(parents=True, exist_ok=True)
     scores_by_key: dict[tuple[str, str | None], list[Score]] = defaultdict(list)
     for s in data.scores:
         key = prompt_key(s.candidate_id, data.candidates) or (s.region_id, None)
@@ -817,10 +825,10 @@ def render_report(data: ReportData, out: str | Path, max_regions: int = 50, titl
         if pairs_of.get(r):
             for p in pairs_of[r]:
                 scores = scores_by_key.get((r, p.prompt_id), [])
-                sections.append(_region_section(region, p.prompt_id, p, scores, by_id, out.parent, written))
+                sections.append(_region_section(region, p.prompt_id, p, scores, by_id, assets, written))
         else:
             scores = [s for (rid, _), ss in scores_by_key.items() if rid == r for s in ss]
-            sections.append(_region_section(region, None, None, scores, by_id, out.parent, written))
+            sections.append(_region_section(region, None, None, scores, by_id, assets, written))
     legend = "".join(
         f'<span class="key" style="background:{css(c)}"></span>{escape(name)}'
         for name, c in (("region box", REGION), ("annotated objects (references)", REFERENCE))
@@ -851,7 +859,7 @@ def render_report(data: ReportData, out: str | Path, max_regions: int = 50, titl
 </body></html>
 """
     out.write_text(html, encoding="utf-8")
-    for f in (out.parent / ASSETS).iterdir():  # images of an earlier report that this one no longer shows
+    for f in assets.iterdir():  # images of an earlier report that this one no longer shows
         if f.name not in written and _OUR_ASSET.match(f.name):
             f.unlink(missing_ok=True)
     return out

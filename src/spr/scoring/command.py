@@ -85,7 +85,10 @@ def run(config: ScoreConfig) -> int:
 
     written = already = 0
     totals = defaultdict(list)
-    guard = StageOutput(config.out, "score", settings(config), config.overwrite, extra=(summary_path(config.out),))
+    guard = StageOutput(
+        config.out, "score", settings(config), config.overwrite, extra=(summary_path(config.out),),
+        inputs={"regions": config.regions, "candidates": config.candidates},
+    )  # fmt: skip
     with guard, JsonlWriter(config.out) as out:
         for region_id in tqdm(list(by_region), desc="score", unit="region", disable=config.quiet or None):
             cands = by_region[region_id]

@@ -1,0 +1,206 @@
+"""What a hostile user found (issue 23), kept found: a finished run stays finished, a resume over changed inputs
+is refused, a diverged run stops, outputs are locked, and every bad input ends in one line naming the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from evaluate_fixtures import make_dpo_jsonl
+from safetensors.torch import load_file
+
+from spr.cli import main
+from spr.errors import UserError
+from spr.train import TrainConfig, train
+
+
+def _train_config(model_dir, data, out, **kw) -> TrainConfig:
+    base = dict(model=str(model_dir), data=str(data), out=str(out), per_device_train_batch_size=2,
+                logging_steps=1, lora_dropout=0.0, learning_rate=1e-3, lr_scheduler_type="constant", quiet=True)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _logged_steps(out: Path) -> list[int]:
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    return [e["step"] for e in map(json.loads, lines) if "loss" in e]
+
+
+def _tensors(path: Path) -> dict:
+    return {k: v.clone() for k, v in load_file(str(path)).items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_finished_training_run_stays_finished(tiny_model_dir, tmp_path):
+    data = make_dpo_jsonl(tmp_path, n=3)  # 3 steps an epoch: step 8 is inside the third (transformers runs on)
+    out = tmp_path / "out"
+    config = _train_config(tiny_model_dir("qwen2_vl"), data, out, max_steps=8, save_steps=4,
+                           per_device_train_batch_size=1)  # fmt: skip
+    assert train(config)["global_step"] == 8
+    adapter = out / "adapter_model.safetensors"
+    final, record = _tensors(adapter), (out / "spr_train.json").read_bytes()
+
+    # the same command again: nothing trains, nothing changes
+    assert train(config)["global_step"] == 8
+    assert _logged_steps(out) == list(range(1, 9))
+    assert _same(_tensors(adapter), final) and (out / "spr_train.json").read_bytes() == record
+
+    # killed after checkpoint-8 was saved, before the final weights and the record: the resume adds no step
+    adapter.unlink()
+    (out / "spr_train.json").unlink()
+    summary = train(config)
+    assert summary["global_step"] == 8 and _logged_steps(out) == list(range(1, 9))
+    assert _same(_tensors(adapter), final)
+    assert json.loads((out / "spr_train.json").read_text())["global_step"] == 8
+
+
+@pytest.mark.parametrize("rate", ["inf", "1e30"])
+def test_a_diverged_training_run_stops_with_one_line_and_saves_nothing(tiny_model_dir, tmp_path, capsys, rate):
+    data = make_dpo_jsonl(tmp_path, n=4)
+    out = tmp_path / "out"
+    rc = main(["train", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(data), "--out", str(out),
+               "--max-steps", "3", "--per-device-train-batch-size", "2", "--learning-rate", rate, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged at step" in err and "Traceback" not in err
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "spr_train.json").exists()
+
+
+def test_a_non_finite_loss_is_named(tiny_model_dir, tmp_path):
+    import torch
+
+    from spr.training.finite import TrainingDiverged, check_loss
+
+    class Args:
+        learning_rate = 1e-5
+
+    check_loss(torch.tensor(0.5), 1, Args())
+    with pytest.raises(TrainingDiverged, match="step 3: the loss is nan"):
+        check_loss(torch.tensor(float("nan")), 3, Args())
+    with pytest.raises(UserError):
+        check_loss(torch.tensor(float("inf")), 3, Args())
+
+
+# ------------------------------------------------------------------------------ resume over changed inputs
+
+
+@pytest.fixture
+def regions(coco, tmp_path) -> Path:
+    annotations, images = coco
+    out = tmp_path / "regions.jsonl"
+    assert main(["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(out),
+                 "--per-image", "2"]) == 0  # fmt: skip
+    return out
+
+
+def test_a_resume_over_a_regenerated_input_is_refused_with_the_file_named(tiny_model_dir, regions, tmp_path, capsys):
+    candidates, scores = tmp_path / "c.jsonl", tmp_path / "s.jsonl"
+    generate = ["generate", "--model", str(tiny_model_dir("qwen2_vl")), "--regions", str(regions), "--out",
+                str(candidates), "--samples", "2", "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
+    score = ["score", "--regions", str(regions), "--candidates", str(candidates), "--out", str(scores),
+             "--semantic", "none"]  # fmt: skip
+    assert main(generate) == 0 and main(score) == 0
+    before = scores.read_bytes()
+    assert main(score) == 0 and scores.read_bytes() == before  # the same inputs: resumed (nothing to do)
+    # the candidates regenerated at the same path, with the same ids and other texts
+    assert main([*generate, "--seed", "1", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(score) == 2
+    err = capsys.readouterr().err
+    assert "input candidates:" in err and "an input changed since (candidates)" in err and "Traceback" not in err
+    assert scores.read_bytes() == before
+    assert main([*score, "--overwrite"]) == 0
+
+
+def test_regions_regenerated_under_a_generate_run_are_refused(tiny_model_dir, coco, regions, tmp_path, capsys):
+    annotations, images = coco
+    candidates = tmp_path / "c.jsonl"
+    generate = ["generate", "--model", str(tiny_model_dir("qwen2_vl")), "--regions", str(regions), "--out",
+                str(candidates), "--samples", "1", "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
+    assert main(generate) == 0
+    assert main(["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(regions),
+                 "--per-image", "2", "--objects-per-region", "3", "--overwrite"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(generate) == 2
+    assert "input regions:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ spr merge is a guarded output
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+
+    from spr import models
+    from spr.training.parts import lora_target_regex
+
+    loaded = models.load(str(tiny_model_dir("qwen2_vl")))
+    targets = lora_target_regex(loaded.model, loaded.spec, ["q_proj"], False)
+    peft_model = get_peft_model(loaded.model, LoraConfig(r=2, lora_alpha=4, target_modules=targets))
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(str(out))
+    loaded.processor.save_pretrained(str(out))
+    (out / "spr_train.json").write_text(json.dumps({"base_model": str(tiny_model_dir("qwen2_vl"))}))
+    return out
+
+
+def test_merge_takes_the_lock_and_keeps_another_model(adapter_dir, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from spr.data.guard import OutputLock, lock_path
+
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("llava"), out)  # a directory that holds another model
+    before = (out / "config.json").read_bytes()
+    merge = ["merge", "--adapter", str(adapter_dir), "--out", str(out)]
+    assert main(merge) == 2
+    assert "no settings header" in capsys.readouterr().err and (out / "config.json").read_bytes() == before
+    assert main([*merge, "--overwrite"]) == 0 and (out / "config.json").read_bytes() != before
+    assert main(merge) == 0  # the same merge again: allowed
+    with OutputLock(lock_path(out), str(out)):  # another merge is writing there
+        assert main(merge) == 2
+    assert "being written by another process" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ spr report
+
+
+@pytest.fixture
+def scored_run(tmp_path) -> Path:
+    from scoring_fixtures import KeywordScorer, candidate, draw_image, fixture_region, hand_made_texts
+
+    from spr.data.jsonl import write_jsonl
+    from spr.scoring import register_semantic_scorer
+
+    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
+    region = fixture_region(draw_image(tmp_path / "images" / "scene.png"))
+    texts = hand_made_texts()
+    write_jsonl(tmp_path / "regions.jsonl", [region])
+    write_jsonl(tmp_path / "candidates.jsonl", [candidate(region, n, texts[n], i) for i, n in enumerate(["precise", "vague"])])
+    files = ["--regions", str(tmp_path / "regions.jsonl"), "--candidates", str(tmp_path / "candidates.jsonl")]
+    assert main(["score", *files, "--out", str(tmp_path / "scores.jsonl"), "--semantic", "keywords"]) == 0
+    return tmp_path
+
+
+def test_a_second_report_in_the_run_keeps_the_first_reports_images(scored_run):
+    assert main(["report", "--run", str(scored_run)]) == 0
+    first = sorted(p.name for p in (scored_run / "report_files").iterdir())
+    assert first and main(["report", "--run", str(scored_run), "--out", str(scored_run / "other.html"),
+                           "--max-regions", "0"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (scored_run / "report_files").iterdir()) == first
+    assert 'src="report_files/' in (scored_run / "report.html").read_text()
+
+
+def test_a_decompression_bomb_in_a_report_is_one_line_and_the_report_is_written(scored_run, capsys, caplog):
+    from PIL import Image
+
+    Image.new("1", (10_000, 9_000)).save(scored_run / "images" / "scene.png")  # 90 M pixels, a few KB
+    assert main(["report", "--run", str(scored_run)]) == 0
+    html = (scored_run / "report.html").read_text()
+    assert "image too large" in html and "Traceback" not in capsys.readouterr().err
+    assert any("image too large" in r.getMessage() for r in caplog.records)
