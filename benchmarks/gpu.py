@@ -97,15 +97,15 @@ ON_DEVICE = ["generate.device={d}", "generate.dtype={t}", "score.device={d}", "t
              "merge.dtype={t}", "eval.rec.device={d}", "eval.description.device={d}"]  # fmt: skip
 
 MODES = {
-    "gpu": dict(device="cuda", dtype="bfloat16", real=True, image_tokens=1024, new_tokens=64, prompts=4,
+    "gpu": dict(device="cuda", dtype="bfloat16", real=True, image_tokens=1024, new_tokens=64, prompts=4, rounds=2,
                 samples=[1, 8], pairs=8, dpo_batch=2, dpo_steps=4, rec_prompts=4, grpo_generations=8, grpo_steps=2,
-                grpo_tokens=64, demo_timeout=200),
-    "cpu": dict(device="cpu", dtype="float32", real=False, image_tokens=16, new_tokens=6, prompts=2, samples=[1, 4],
+                grpo_tokens=64, demo_timeout=200, prefill_dtypes=["bfloat16", "float32"]),
+    "cpu": dict(device="cpu", dtype="float32", real=False, image_tokens=16, new_tokens=6, prompts=2, rounds=1, samples=[1, 4],
                 pairs=4, dpo_batch=2, dpo_steps=2, rec_prompts=2, grpo_generations=4, grpo_steps=1, grpo_tokens=6,
-                demo_timeout=240),
+                demo_timeout=240, prefill_dtypes=["float32"]),
 }  # fmt: skip
 
-PARTS = ("demo", "generate", "dpo", "grpo")
+PARTS = ("demo", "prefill", "generate", "dpo", "grpo")
 DEMO_METRICS = ("acc@0.5", "acc@0.75", "mean_iou", "description_f1@0.5")
 
 
@@ -364,18 +364,20 @@ def part_demo(run: Run, mode: str, work: Path, cfg: dict) -> None:
         if isinstance(where.get("device_run"), dict) and "metrics" in where["device_run"] and "metrics" in where.get("cpu_run", {}):  # fmt: skip
             where["compare"] = compare_demo(where["device_run"], where["cpu_run"])
             run.save()
-    run.measure(
-        where,
-        "shared_prefill_check",
-        lambda: shared_prefill_check(work, device, dtype),
-        need_s=20,
-        limit_s=90,
-    )
+
+
+def part_prefill(run: Run, work: Path, cfg: dict) -> None:
+    where = run.results.setdefault("prefill", {})
+    for dtype in cfg["prefill_dtypes"]:
+        run.measure(
+            where, dtype, lambda t=dtype: shared_prefill_check(work, cfg["device"], t), need_s=20, limit_s=90
+        )
 
 
 def shared_prefill_check(work: Path, device: str, dtype: str) -> dict:
-    """The shipped base on the device samples the demo's candidates with the shared prefill (the KV cache of
-    one prefill repeated to the N rows) and with every row prefilled: the candidates files should be equal."""
+    """The shipped base on the device, in ``dtype``, samples the demo's candidates with the shared prefill (the KV
+    cache of one prefill repeated to the N rows) and with every row prefilled: how many candidates are equal
+    (all of them in exact arithmetic; the two batch shapes round differently, which a sampled token can feel)."""
     from spr import models
     from spr.data.jsonl import JsonlWriter, read_records
     from spr.data.records import Region
@@ -385,11 +387,15 @@ def shared_prefill_check(work: Path, device: str, dtype: str) -> dict:
 
     adapter = models.load(ROOT / "src/spr/toy/assets/base", device=device, dtype=dtype)
     regions_file = work / "demo" / "round-1" / "regions.jsonl"
-    regions = read_records(regions_file, Region)[:8]
+    if regions_file.exists():  # the demo's shapes-world regions, which the base was trained on
+        regions = read_records(regions_file, Region)[:8]
+    else:
+        (work / "prefill-images").mkdir(parents=True, exist_ok=True)
+        regions = bench_module("generate").make_regions(8, work / "prefill-images")
     templates = select_templates(None)
     files = {}
     for shared in (True, False):
-        out = work / f"prefill-{shared}.jsonl"
+        out = work / f"prefill-{dtype}-{shared}.jsonl"
         config = GenerateConfig(
             model="m", regions="r", out=str(out), samples=4, batch_size=8, max_new_tokens=120
         )
@@ -491,20 +497,31 @@ def part_generate(run: Run, where: dict, adapter, regions, cfg: dict) -> None:
     where["generate_prompt"] = {"prompts": len(texts), "prompt_tokens": int(inputs["input_ids"].shape[1]),
                                 "image_tokens": image_tokens, "new_tokens": cfg["new_tokens"]}  # fmt: skip
 
-    def warm_up():
-        small = adapter.build_inputs(images[:1], texts[:1])
-        for shared in (True, False):
-            adapter.shared_prefill = shared
-            adapter.generate(small, do_sample=True, max_new_tokens=2, num_return_sequences=2)
-        sync(device)
+    ways = [(n, shared) for n in cfg["samples"] for shared in ((True, False) if n > 1 else (True,))]
+    key = {
+        w: f"generate N={w[0]}" + (f" shared prefill {'on' if w[1] else 'off'}" if w[0] > 1 else "")
+        for w in ways
+    }
+
+    def warm_up():  # every way once at the full shapes: kernel choice and allocator growth stay out of the timings
+        for n, shared in ways:
+            measure_generate(adapter, inputs, n, shared, 4, device)
         return "done"
 
-    run.measure(where, "generate_warmup", warm_up, need_s=20, limit_s=120)
-    for n in cfg["samples"]:
-        for shared in (True, False) if n > 1 else (True,):
-            key = f"generate N={n}" + (f" shared prefill {'on' if shared else 'off'}" if n > 1 else "")
-            run.measure(where, key, lambda n=n, s=shared: measure_generate(adapter, inputs, n, s, cfg["new_tokens"], device),
-                        need_s=15, limit_s=120)  # fmt: skip
+    run.measure(where, "generate_warmup", warm_up, need_s=30, limit_s=120)
+    rounds: dict = {w: [] for w in ways}
+    for r in range(cfg["rounds"]):  # interleaved: drift hits every way alike; the best round is reported
+        for w in ways:
+            got = run.measure(where, f"{key[w]} round {r + 1}", lambda w=w: measure_generate(adapter, inputs, *w, cfg["new_tokens"], device),
+                              need_s=15, limit_s=120)  # fmt: skip
+            where.pop(f"{key[w]} round {r + 1}", None)
+            if got:
+                rounds[w].append(got)
+    for w in ways:
+        if rounds[w]:
+            best = min(rounds[w], key=lambda x: x["seconds"])
+            where[key[w]] = {**best, "seconds_each_round": [x["seconds"] for x in rounds[w]]}
+    n = cfg["samples"][-1]
     on, off = where.get(f"generate N={n} shared prefill on"), where.get(f"generate N={n} shared prefill off")
     if isinstance(on, dict) and isinstance(off, dict) and "tokens_per_s" in on and "tokens_per_s" in off:
         where["shared_prefill_speedup"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
@@ -680,15 +697,16 @@ def table(results: dict) -> str:
     from spr.table import markdown_table
 
     rows = []
-    for key in ("device_run", "cpu_run", "shared_prefill_check"):
-        v = results["demo"].get(key)
+    checks = [("demo", k, results["demo"].get(k)) for k in ("device_run", "cpu_run")]
+    checks += [("shared prefill = every row prefilled", k, v) for k, v in results.get("prefill", {}).items()]
+    for part, key, v in checks:
         if isinstance(v, dict):
             brief = {
                 k: v[k]
                 for k in ("seconds", "candidates", "bad_boxes", "identical", "ok", "error", "skipped")
                 if k in v
             }
-            rows.append(["demo", key, json.dumps(brief)[:120], "", "", ""])
+            rows.append([part, key, json.dumps(brief)[:120], "", "", ""])
     for metric, v in results["demo"].get("compare", {}).items():
         rows.append(["demo", f"device vs cpu: {metric}", json.dumps(v)[:160], "", "", ""])
     for name, m in results["models"].items():
@@ -743,8 +761,10 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
-        model_parts = [p for p in args.parts if p != "demo"]
+        model_parts = [p for p in args.parts if p not in ("demo", "prefill")]
         steps = [("demo", lambda: part_demo(run, args.mode, work, cfg))] if "demo" in args.parts else []
+        if "prefill" in args.parts:
+            steps.append(("prefill", lambda: part_prefill(run, work, cfg)))
         for family in families if model_parts else []:
             steps.append((family, lambda f=family: part_model(run, f, model_parts, work / f, cfg)))
         for name, step in steps:
