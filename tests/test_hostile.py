@@ -204,3 +204,53 @@ def test_a_decompression_bomb_in_a_report_is_one_line_and_the_report_is_written(
     html = (scored_run / "report.html").read_text()
     assert "image too large" in html and "Traceback" not in capsys.readouterr().err
     assert any("image too large" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------ disk full
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_header_the_full_disk_cut_short_blocks_no_later_run(tmp_path, monkeypatch):
+    from spr.data.guard import StageOutput
+
+    out = tmp_path / "eval"
+    real = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):  # a full disk: some bytes land, then the write fails
+        real(self, text[:10], *args, **kwargs)
+        _disk_full()
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError), StageOutput(out, "eval rec", {"a": 1}, directory=True):
+        pass
+    monkeypatch.undo()
+    assert not (out / "spr_settings.json.tmp").exists()
+    (out / "spr_settings.json.tmp").write_text("{")  # as a SIGKILL between write and rename leaves it
+    with StageOutput(out, "eval rec", {"a": 2}, directory=True):  # no record there: not held to anything
+        pass
+
+
+def test_a_full_disk_is_one_line_and_the_records_written_stay(coco, tmp_path, monkeypatch, capsys):
+    from spr.data.jsonl import JsonlWriter
+
+    annotations, images = coco
+    out = tmp_path / "regions.jsonl"
+    args = ["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(out)]
+    real, calls = JsonlWriter.write, []
+
+    def full_after_one(self, record):
+        calls.append(record)
+        return real(self, record) if len(calls) == 1 else _disk_full()
+
+    monkeypatch.setattr(JsonlWriter, "write", full_after_one)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "re-run the same command" in err and "Traceback" not in err
+    assert len(out.read_text().splitlines()) == 1
+    monkeypatch.undo()
+    assert main(args) == 0 and len(out.read_text().splitlines()) > 1  # space again: resumed

@@ -8,6 +8,7 @@ Every command's flags are generated from its config dataclass (:mod:`spr.config`
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -42,6 +43,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# the machine's, not the program's: disk full, quota, read-only or forbidden output (one line, no traceback)
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
@@ -65,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(config) or 0)
     except UserError as e:
         print(f"spr {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"spr {command}: error: {e.strerror}{where}; the records written so far are whole and kept: fix this "
+            "and re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"spr {command}: interrupted; what was written so far is kept, re-run to resume", file=sys.stderr)

@@ -28,6 +28,8 @@ from pathlib import Path
 from ..errors import UserError
 
 HEADER_VERSION = 1
+# what an output directory holds that is not a record (a header left half-written by a full disk included)
+NOT_RECORDS = (".spr.lock", "spr_settings.json", "spr_settings.json.tmp")
 
 
 def lock_path(output: str | Path) -> Path:
@@ -118,7 +120,7 @@ def _short(v) -> str:
 def has_content(output: Path) -> bool:
     if output.is_dir():
         # a header alone holds no record: a run that stopped before writing any is not held to its settings
-        return any(p.name not in (".spr.lock", "spr_settings.json") for p in output.iterdir())
+        return any(p.name not in NOT_RECORDS for p in output.iterdir())
     return output.exists() and output.stat().st_size > 0
 
 
@@ -199,7 +201,7 @@ class StageOutput:
                 if old.get("stage") != self.stage:
                     diff.insert(0, f"stage: {old.get('stage')} -> {self.stage}")
                 changed = [d.split(":")[0][len("input ") :] for d in diff if d.startswith("input ")]
-                hint = f"; an input changed since ({', '.join(changed)}): its records are others" if changed else ""
+                hint = f"; an input changed since ({', '.join(changed)})" if changed else ""
                 raise UserError(
                     f"{self.output} was written with other settings ({'; '.join(diff)}){hint}; resume with the "
                     "same settings, choose another output, or pass --overwrite to start over"
@@ -207,11 +209,12 @@ class StageOutput:
             return
         self.header.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.header.with_name(self.header.name + ".tmp")
-        tmp.write_text(
-            json.dumps({"stage": self.stage, "version": HEADER_VERSION, "settings": self.settings}, indent=1) + "\n",
-            encoding="utf-8",
-        )
-        os.replace(tmp, self.header)
+        try:
+            header = {"stage": self.stage, "version": HEADER_VERSION, "settings": self.settings}
+            tmp.write_text(json.dumps(header, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.header)
+        finally:  # a half-written header (disk full) must not be taken for a record by the next run
+            tmp.unlink(missing_ok=True)
 
     def _read_header(self) -> dict | None:
         try:
