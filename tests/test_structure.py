@@ -184,6 +184,29 @@ def test_yaml_and_flags_combine_and_bad_values_name_the_option(tmp_path, capsys)
     assert "missing required option(s): --candidates, --out" in capsys.readouterr().err
 
 
+def command_paths():
+    """"", "eval", "eval rec", "toy", ...: every command and every command group, as typed after `spr`."""
+    out = [""]
+
+    def walk(prefix, target):
+        out.append(prefix)
+        for name, child in getattr(resolve(target), "SUBCOMMANDS", {}).items():
+            walk(f"{prefix} {name}", child)
+
+    for name, target in COMMANDS.items():
+        walk(name, target)
+    return out
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: f"spr {p}".strip())
+def test_help_of_every_command_and_group_prints_and_exits_0(path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([*path.split(), "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: spr {path}".rstrip()), out[:200]
+
+
 def test_spr_help_lists_the_commands_in_pipeline_order(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

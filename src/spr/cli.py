@@ -20,7 +20,8 @@ from .stages import COMMANDS, resolve
 
 def _add_command(sub, name: str, target, path: str) -> None:
     module = resolve(target)
-    p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    # argparse %-formats a subcommand's help in its group's listing ("95% interval" would raise there)
+    p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
     if hasattr(module, "SUBCOMMANDS"):
         group = p.add_subparsers(dest=f"_{path}", metavar="<subcommand>")
         for child, child_module in module.SUBCOMMANDS.items():
