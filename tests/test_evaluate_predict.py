@@ -155,6 +155,28 @@ def test_rec_with_a_tiny_model_runs_the_real_code_path(tiny_model_dir, tmp_path,
     assert m["parse_fail"] == pytest.approx(sum(p["status"] == "no_box" for p in preds) / 4)
 
 
+def test_rec_runs_in_the_dtype_asked_and_refuses_to_resume_in_another(tiny_model_dir, tmp_path, monkeypatch):
+    """On a GPU a base loads in its checkpoint's fp32 and a model merged to bf16 in bf16 (seen in the GPU demo
+    run): --dtype evaluates both in one precision, and a resume in another is refused."""
+    import torch
+
+    from spr import models
+
+    loaded, load = [], models.load
+
+    def spy(*args, **kwargs):
+        adapter = load(*args, **kwargs)
+        loaded.append(next(adapter.model.parameters()).dtype)
+        return adapter
+
+    monkeypatch.setattr(models, "load", spy)
+    data = make_rec_jsonl(tmp_path)
+    m = run_task(rec, tiny_model_dir("qwen2_vl"), data, tmp_path / "run", max_new_tokens=8, dtype="bfloat16")
+    assert loaded == [torch.bfloat16] and m["n"] == 4
+    with pytest.raises(UserError, match="dtype"):
+        run_task(rec, tiny_model_dir("qwen2_vl"), data, tmp_path / "run", max_new_tokens=8, dtype="float32")
+
+
 @pytest.mark.parametrize("semantic", [None, pytest.param("labels", marks=pytest.mark.slow)])
 def test_description_boxes_are_matched_one_to_one_at_both_thresholds(tmp_path, semantic):
     from evaluate_fixtures import make_regions

@@ -38,6 +38,10 @@ class EvalConfig:
     min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style)", default_text="the checkpoint's")  # fmt: skip
     max_pixels: int | None = opt(None, "image processor pixel budget, upper end", default_text="the checkpoint's")
     device: str = opt("cpu", "torch device", output=False)
+    dtype: str | None = opt(
+        None, "float32, bfloat16, float16 or auto (evaluate the base in the precision the trained model runs in)",
+        default_text="float32 on CPU, the checkpoint's dtype on GPU",
+    )  # fmt: skip
     batch_size: int = opt(8, "prompts per batch", output=False)
     max_new_tokens: int = opt(64, "answer length limit, in tokens")
     limit: int | None = opt(None, "evaluate only the first N samples", output=False)
@@ -152,8 +156,8 @@ def load_adapter(config):
     from spr import models
 
     return models.load(
-        config.model, family=config.family, device=config.device, min_pixels=config.min_pixels,
-        max_pixels=config.max_pixels,
+        config.model, family=config.family, device=config.device, dtype=config.dtype,
+        min_pixels=config.min_pixels, max_pixels=config.max_pixels,
     )  # fmt: skip
 
 
