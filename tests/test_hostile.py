@@ -4,6 +4,7 @@ is refused, a diverged run stops, outputs are locked, and every bad input ends i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,76 @@ def test_a_full_disk_is_one_line_and_the_records_written_stay(coco, tmp_path, mo
     assert len(out.read_text().splitlines()) == 1
     monkeypatch.undo()
     assert main(args) == 0 and len(out.read_text().splitlines()) > 1  # space again: resumed
+
+
+# ------------------------------------------------------------------------------ model directories
+
+
+def _corrupt(name: str):
+    import struct
+
+    weights = "model.safetensors"
+
+    def rewrite(d: Path):
+        config = json.loads((d / "config.json").read_text())
+        if name == "truncated":
+            (d / weights).write_bytes((d / weights).read_bytes()[:1000])
+        elif name == "zeros":
+            (d / weights).write_bytes(b"\0" * 5000)
+        elif name == "header too large":
+            (d / weights).write_bytes(struct.pack("<Q", 2**60) + b"{}")
+        elif name == "header not json":
+            (d / weights).write_bytes(struct.pack("<Q", 5) + b"{abc}")
+        elif name == "another architecture":
+            config.update(model_type="llava", architectures=["LlavaForConditionalGeneration"])
+            (d / "config.json").write_text(json.dumps(config))
+        elif name in ("index naming a .bin", "index naming a file outside"):
+            shard = "pytorch_model.bin" if "bin" in name else "../outside.safetensors"
+            (d / weights).rename(d / shard)
+            (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
+        elif name == "template tripping the sandbox":
+            (d / "chat_template.jinja").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+        elif name == "template looping":
+            (d / "chat_template.jinja").write_text("{% for i in range(10**12) %}x{% endfor %}")
+
+    return rewrite
+
+
+BAD_MODELS = {
+    "truncated": "model.safetensors: not a readable safetensors file",
+    "zeros": "model.safetensors: not a readable safetensors file",
+    "header too large": "model.safetensors: not a readable safetensors file",
+    "header not json": "model.safetensors: not a readable safetensors file",
+    "another architecture": "cannot load the LlavaProcessor",
+    "index naming a .bin": "names the shard 'pytorch_model.bin'",
+    "index naming a file outside": "names the shard '../outside.safetensors'",
+    "template tripping the sandbox": "the chat template does not render (SecurityError",
+    "template looping": "the chat template does not render",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_a_bad_model_directory_is_one_line_naming_the_file(tiny_model_dir, tmp_path, case):
+    import shutil
+
+    from spr import models
+
+    d = tmp_path / "sub" / "model"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), d)
+    _corrupt(case)(d)
+    with pytest.raises(UserError, match=re.escape(BAD_MODELS[case])) as e:
+        models.load(d)
+    assert str(d) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_label_model_is_safetensors_only(tmp_path):
+    from spr.scoring.semantic import SentenceEmbedder, sentence_embedder_path
+
+    d = tmp_path / "label"
+    (d).mkdir()
+    for f in Path(sentence_embedder_path()).glob("*.json"):
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "vocab.txt").write_bytes((Path(sentence_embedder_path()) / "vocab.txt").read_bytes())
+    (d / "pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(UserError, match="pytorch_model.bin"):
+        SentenceEmbedder(str(d))

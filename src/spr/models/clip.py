@@ -217,10 +217,9 @@ def load_clip(model_dir: str | Path, device: str = "cpu", dtype=None) -> ClipEnc
             f"{path}: model type {config.model_type!r} is not supported for the semantic score; "
             "give a CLIPModel or SiglipModel"
         )
-    from .loading import check_weights
+    from .loading import from_pretrained
 
-    check_weights(path)
-    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=dtype or torch.float32)
+    model = from_pretrained(AutoModel, path, f"{kind} model", dtype=dtype or torch.float32)
     model.eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     mean, std = _image_normalization(path, kind)

@@ -46,9 +46,13 @@ def resolve_family(config: dict, family: str | None, path: Path):
 
 
 def check_weights(path: Path, safe=WEIGHT_FILES, unsafe=UNSAFE_WEIGHT_FILES) -> None:
-    """``path`` holds safetensors weights (one of ``safe``); pickled weights (``unsafe``) are refused, since
-    loading a pickle runs whatever code it holds."""
-    if any((path / f).exists() for f in safe):
+    """``path`` holds safetensors weights (one of ``safe``) that open (:func:`check_safetensors`); pickled
+    weights (``unsafe``) are refused, since loading a pickle runs whatever code it holds."""
+    path = Path(path)
+    present = [path / f for f in safe if (path / f).exists()]
+    if present:
+        for f in present:
+            check_safetensors(f)
         return
     found = [f for f in unsafe if (path / f).exists()]
     if found:
@@ -57,6 +61,43 @@ def check_weights(path: Path, safe=WEIGHT_FILES, unsafe=UNSAFE_WEIGHT_FILES) -> 
             "model.save_pretrained(DIR, safe_serialization=True) in a trusted environment."
         )
     raise UserError(f"{path}: no weights (expected {' or '.join(safe)})")
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header reads, or an index whose every shard is a safetensors file inside the
+    model directory that does: a corrupt, truncated, pickled or outside file is one line naming it."""
+    if file.name.endswith(".index.json"):
+        try:
+            shards = set(json.loads(file.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise UserError(f"{file}: not a safetensors index ({type(e).__name__}: {e})") from None
+        for shard in sorted(map(str, shards)):
+            target = (file.parent / shard).resolve()
+            if not shard.endswith(".safetensors") or target.parent != file.parent.resolve():
+                raise UserError(
+                    f"{file}: names the shard {shard!r}; a shard must be a .safetensors file in {file.parent}"
+                )
+            if not target.is_file():
+                raise UserError(f"{file}: names the shard {shard!r}, which is not there")
+            check_safetensors(target)
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # SafetensorError, OSError ...: whatever the file is, it is not usable weights
+        raise UserError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def from_pretrained(cls, path: Path, what: str, **kwargs):
+    """``cls.from_pretrained`` on a local directory whose weights :func:`check_weights` accepted: local files,
+    safetensors only; any failure (a config of another architecture, shapes that do not fit) is one line."""
+    check_weights(path)
+    try:
+        return cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
+    except Exception as e:
+        raise UserError(f"{path}: cannot load the {what}: {type(e).__name__}: {e}") from None
 
 
 def resolve_dtype(dtype, device: str):
@@ -106,27 +147,25 @@ def load(
         raise UserError(f"{path}: no such model directory")
     config = read_config(path)
     spec = resolve_family(config, family, path)
-    check_weights(path)
+    check_weights(path)  # before the processor: the weights are the likelier problem, and cheap to check
     if fmt is not None:
         from .. import formats
 
         if fmt not in formats.available():
             raise UserError(f"unknown box format {fmt!r}; available: {', '.join(formats.available())}")
     processor = _load_family_processor(path, spec, trust_remote_code=trust_remote_code)
-    model_cls = getattr(transformers, spec.model_class)
-    try:
-        model = model_cls.from_pretrained(
-            str(path),
-            local_files_only=True,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            dtype=resolve_dtype(dtype, device),
-            device_map=None if device == "cpu" else device,  # straight onto the GPU, no copy in host memory
-        )
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot load the {spec.model_class}: {e}") from None
+    model = from_pretrained(
+        getattr(transformers, spec.model_class), path, spec.model_class,
+        trust_remote_code=trust_remote_code,
+        dtype=resolve_dtype(dtype, device),
+        device_map=None if device == "cpu" else device,  # straight onto the GPU, no copy in host memory
+    )  # fmt: skip
     model.to(device).eval()
     adapter = ModelAdapter(model, processor, spec, fmt=fmt, device=device)
+    try:  # once here: a template that trips jinja's sandbox (or its range limit) fails now, not mid-run
+        adapter.chat_text("a check of the chat template")
+    except Exception as e:
+        raise UserError(f"{path}: the chat template does not render ({type(e).__name__}: {e})") from None
     if min_pixels or max_pixels:
         try:
             adapter.set_pixel_budget(min_pixels, max_pixels)

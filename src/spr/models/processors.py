@@ -88,8 +88,8 @@ def load_processor(path: str | Path, spec: FamilySpec, trust_remote_code: bool =
     cls = processor_class(spec)
     try:
         processor = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise UserError(f"{path}: cannot load the {spec.processor_class}: {e}") from None
+    except Exception as e:  # a config of another architecture fails in any way: one line naming the directory
+        raise UserError(f"{path}: cannot load the {spec.processor_class}: {type(e).__name__}: {e}") from None
     if not is_full_processor(processor):
         raise UserError(
             f"{path}: loaded a {type(processor).__name__}, not a {spec.processor_class} with an image processor"

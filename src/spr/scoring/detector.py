@@ -46,12 +46,9 @@ class OpenVocabDetector:
             )
         self.config = config
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        from ..models.loading import check_weights
+        from ..models.loading import from_pretrained
 
-        check_weights(path)
-        self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
-            path, local_files_only=True, use_safetensors=True
-        )
+        self.model = from_pretrained(AutoModelForZeroShotObjectDetection, path, "detector")
         self.model.eval().to(config.device)
 
     def detect(self, image: Image.Image, phrases: Sequence[str]) -> list[Detection]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -127,9 +128,14 @@ class SentenceEmbedder:
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer
 
-        path = model_dir or sentence_embedder_path()
+        from ..errors import UserError
+        from ..models.loading import from_pretrained
+
+        path = Path(model_dir or sentence_embedder_path())
+        if not (path / "config.json").exists():
+            raise UserError(f"{path}: not a model directory (no config.json); give a sentence embedder")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(device)
+        self.model = from_pretrained(AutoModel, path, "label model").eval().to(device)  # safetensors only
         self.device = device
         self.max_length = max_length
 
