@@ -94,7 +94,8 @@ DEMO_SET = {
             "eval.rec.limit=8", "eval.description.limit=4", "eval.description.max_new_tokens=40"],
 }  # fmt: skip
 ON_DEVICE = ["generate.device={d}", "generate.dtype={t}", "score.device={d}", "train.device={d}", "train.dtype={t}",
-             "merge.dtype={t}", "eval.rec.device={d}", "eval.description.device={d}"]  # fmt: skip
+             "merge.dtype={t}", "eval.rec.device={d}", "eval.rec.dtype={t}", "eval.description.device={d}",
+             "eval.description.dtype={t}"]  # fmt: skip
 
 MODES = {
     "gpu": dict(device="cuda", dtype="bfloat16", real=True, image_tokens=1024, new_tokens=64, prompts=4, rounds=2,
