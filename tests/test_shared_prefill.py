@@ -122,36 +122,3 @@ def test_a_family_can_keep_separate_prefills(tiny_model_dir):
     finally:
         hook.remove()
     assert rows == [2 * inputs["input_ids"].shape[0]]
-
-
-
-class OneRowAtATime:
-    """RowSampler's choice written out row by row (as it was before its draws were batched): the oracle."""
-
-    def __init__(self, seeds, temperature, top_p):
-        self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def choose(self, scores):
-        chosen = scores.float().argmax(-1)
-        sorted_p, order = torch.softmax(scores.float() / self.temperature, dim=-1).sort(dim=-1, descending=True)
-        cumulative = (sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < self.top_p)).cumsum(-1)
-        for row, g in enumerate(self.generators):
-            if g is not None:
-                u = torch.rand((), generator=g, dtype=torch.float64).item() * float(cumulative[row, -1])
-                k = int(torch.searchsorted(cumulative[row], torch.tensor([u], dtype=cumulative.dtype)))
-                chosen[row] = order[row, min(k, scores.shape[-1] - 1)]
-        return chosen
-
-
-def test_row_sampler_takes_each_rows_own_draw():
-    torch.manual_seed(0)
-    seeds = [None, 3, 11, 2**40, None, 5]
-    sampler, oracle = RowSampler(seeds, temperature=0.8, top_p=0.9), OneRowAtATime(seeds, 0.8, 0.9)
-    for step in range(20):
-        scores = torch.randn(len(seeds), 50) * 3
-        if step % 5 == 2:
-            scores[:, :4] = 6.0  # ties at the top
-        out = sampler(None, scores)
-        assert ((out == 0).sum(-1) == 1).all()  # one token left possible per row, the others -inf
-        assert out.argmax(-1).tolist() == oracle.choose(scores).tolist()

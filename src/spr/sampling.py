@@ -75,35 +75,112 @@ def row_seed(seed: int, cid: str) -> int:
 
 class RowSampler:
     """A logits processor that samples the next token of every row from that row's own random stream
-    (temperature, then nucleus top-p) and leaves only that token possible, so that greedy decoding takes it.
-    A row without a seed decodes greedily."""
+    (temperature, then nucleus top-p) and leaves only that token possible (in place), so that greedy decoding
+    takes it. A row without a seed decodes greedily.
+
+    The vocabulary-wide work runs on the scores' device, vectorised over rows; the host sees one draw per row
+    (from the row's own CPU generator) and the running sums of the few tokens that can be in the nucleus. A row's tokens are ordered by probability, ties by lower token id; its nucleus is the
+    shortest prefix whose running sum reaches ``top_p``, and the draw ``u`` takes the first token whose running
+    sum reaches ``u`` times the nucleus's. Tokens no likelier than ``(1 - top_p) / vocabulary`` hold at most
+    ``1 - top_p`` together, so the nucleus is among the others: only those are sorted (a handful for a confident
+    model), and the whole vocabulary only for a row where they are a quarter of it or do not reach ``top_p``
+    (rounding). Either way the token drawn depends on the row's own probabilities and draw alone, never on the
+    other rows."""
 
     def __init__(self, seeds: list[int | None], temperature: float, top_p: float):
         import torch
 
         self.generators = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self.sampled = [row for row, g in enumerate(self.generators) if g is not None]
+        self.greedy = [row for row, g in enumerate(self.generators) if g is None]
         self.temperature, self.top_p = temperature, top_p
 
     def __call__(self, input_ids, scores):
         import torch
 
-        logits = scores.float()
-        chosen = logits.argmax(-1).cpu()
-        probs = torch.softmax(logits / self.temperature, dim=-1).cpu()
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = (sorted_p.cumsum(-1) - sorted_p) < self.top_p  # the smallest set reaching top_p
-        sorted_p = sorted_p * keep
-        cumulative = sorted_p.cumsum(-1)
-        rows = [row for row, g in enumerate(self.generators) if g is not None]
-        if rows:  # one draw per row from its own stream; the searches in one call
-            draws = [torch.rand((), generator=self.generators[r], dtype=torch.float64).item() for r in rows]
-            totals = cumulative[rows, -1].tolist()
-            u = torch.tensor([d * t for d, t in zip(draws, totals)], dtype=cumulative.dtype).unsqueeze(-1)
-            k = torch.searchsorted(cumulative[rows], u).squeeze(-1).clamp(max=cumulative.shape[-1] - 1)
-            chosen[rows] = order[rows, k]
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(-1, chosen.to(scores.device).unsqueeze(-1), 0.0)
-        return out
+        device = scores.device
+        chosen = torch.zeros(len(scores), dtype=torch.long, device=device)
+        if self.greedy:
+            greedy = torch.tensor(self.greedy, device=device)
+            chosen[greedy] = scores[greedy].argmax(-1)
+        if self.sampled:
+            # one draw per sampled row from its own stream, every step
+            gens = [self.generators[r] for r in self.sampled]
+            draws = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in gens])
+            rows = torch.tensor(self.sampled, device=device) if self.greedy else None
+            logits = scores.float() if rows is None else scores[rows].float()
+            if self.temperature != 1:
+                logits = logits / self.temperature
+            probs = torch.softmax(logits, dim=-1)  # row by row: no row sees another
+            tokens = self._draw(probs, draws)
+            if rows is None:
+                chosen = tokens
+            else:
+                chosen[rows] = tokens
+        return scores.fill_(float("-inf")).scatter_(-1, chosen.unsqueeze(-1), 0.0)
+
+    def _draw(self, probs, draws):
+        """The token each row of ``probs`` draws with its ``draws`` (uniform in [0, 1), on the host)."""
+        import torch
+
+        rows, vocab = probs.shape
+        device = probs.device
+        tokens = torch.empty(rows, dtype=torch.long, device=device)
+        row, col = _true_at(probs > (1 - self.top_p) / vocab)  # the likely tokens, row by row in token order
+        counts = torch.bincount(row, minlength=rows)
+        packed = counts <= vocab // 4  # beyond that, packing costs about what a sort of the vocabulary does
+        members = packed.nonzero().squeeze(-1)
+        full = torch.ones(rows, dtype=torch.bool, device=device)
+        if len(members):  # each member row's likely tokens side by side, padded with zeros to the longest
+            if len(members) < rows:
+                row, col = row[packed[row]], col[packed[row]]
+            n = counts[members]
+            at = torch.arange(len(members), device=device).repeat_interleave(n)
+            slot = torch.arange(len(row), device=device) - (n.cumsum(0) - n).repeat_interleave(n)
+            p = torch.zeros(len(members), max(int(n.max()), 1), dtype=probs.dtype, device=device)
+            ids = torch.zeros(p.shape, dtype=torch.long, device=device)
+            p[at, slot], ids[at, slot] = probs[row, col], col
+            drawn, reached = self._nucleus(p, ids, draws[members.cpu()])
+            exact = (reached >= self.top_p).to(
+                device
+            )  # else rounding kept the nucleus from closing among them
+            tokens[members[exact]] = drawn[exact]
+            full[members[exact]] = False
+        rest = full.nonzero().squeeze(-1)
+        if len(rest):
+            ids = torch.arange(vocab, device=device).expand(len(rest), vocab)
+            tokens[rest] = self._nucleus(probs[rest], ids, draws[rest.cpu()])[0]
+        return tokens
+
+    def _nucleus(self, p, ids, draws):
+        """Draw from the nucleus of each row of ``p`` (probabilities of tokens ``ids``, in token order); also
+        the sum of each row's ``p``."""
+        import torch
+
+        p, order = p.sort(dim=-1, descending=True, stable=True)  # ties: lower token id first
+        # the running sums on the host, where they do not depend on the width (a GPU's scan rounds by it):
+        # a handful of tokens per row, the whole vocabulary only for a row on the sort path
+        cumulative = p.cpu().cumsum(-1)
+        before = torch.nn.functional.pad(cumulative[:, :-1], (1, 0))
+        keep = before < self.top_p  # up to the token whose running sum reaches top_p
+        total = cumulative.gather(-1, keep.sum(-1, keepdim=True) - 1)
+        running = torch.where(keep, cumulative, total)  # sorted: the draw lands in the nucleus
+        u = (draws.unsqueeze(-1) * total.to(draws.dtype)).to(running.dtype)
+        pick = torch.searchsorted(running, u).clamp(max=p.shape[-1] - 1).to(p.device)
+        return ids.gather(-1, order.gather(-1, pick)).squeeze(-1), cumulative[:, -1]
+
+
+def _true_at(mask):
+    """``mask.nonzero(as_tuple=True)`` of a 2-d bool tensor, row-major; quicker when few entries are true (it
+    looks for them among words of 8 flags first)."""
+    import torch
+
+    rows, width = mask.shape
+    if width % 8 or not mask.is_contiguous():
+        return mask.nonzero(as_tuple=True)
+    word_row, word = (mask.view(torch.int64) != 0).nonzero(as_tuple=True)
+    hit, bit = mask.view(rows, -1, 8)[word_row, word].nonzero(as_tuple=True)
+    return word_row[hit], word[hit] * 8 + bit
 
 
 def make_candidate(
@@ -134,7 +211,9 @@ class _Item:
     image: object  # PIL image of the view
 
 
-def _items(adapter, regions, templates, done: set[str], samples: list[int], stats: GenerateStats, max_pixels: int):
+def _items(
+    adapter, regions, templates, done: set[str], samples: list[int], stats: GenerateStats, max_pixels: int
+):
     """For each region, its (region, prompt) work items still missing at least one sample, with their view
     images (an empty list when there is nothing to do). Regions with a bad image are reported and skipped."""
     for region in regions:
@@ -144,8 +223,12 @@ def _items(adapter, regions, templates, done: set[str], samples: list[int], stat
                 rendered += adapter.description_prompts(region, [t])
             except ValueError as e:  # e.g. a crop the processor refuses (Qwen2-VL: aspect ratio over 200)
                 stats.skip(region.id, "view refused by the processor", str(e), prompt_id=t.id)
-        todo = [p for p in rendered if any(candidate_id(region.id, p.prompt_id, s) not in done for s in samples)]
-        stats.already_present += sum(candidate_id(region.id, p.prompt_id, s) in done for p in rendered for s in samples)
+        todo = [
+            p for p in rendered if any(candidate_id(region.id, p.prompt_id, s) not in done for s in samples)
+        ]
+        stats.already_present += sum(
+            candidate_id(region.id, p.prompt_id, s) in done for p in rendered for s in samples
+        )
         if not todo:
             yield []
             continue
@@ -160,11 +243,15 @@ def _items(adapter, regions, templates, done: set[str], samples: list[int], stat
 
 def expected_ids(regions, templates, config) -> list[str]:
     """Every candidate id of a run, in the order one process writes them."""
-    samples = list(range(config.samples)) + ([GREEDY] if config.include_greedy and config.temperature > 0 else [])
+    samples = list(range(config.samples)) + (
+        [GREEDY] if config.include_greedy and config.temperature > 0 else []
+    )
     return [candidate_id(r.id, t.id, s) for r in regions for t in templates for s in samples]
 
 
-def generate_into(adapter, regions, templates, writer, config, done=None, progress: bool = True) -> GenerateStats:
+def generate_into(
+    adapter, regions, templates, writer, config, done=None, progress: bool = True
+) -> GenerateStats:
     """Sample candidates for ``regions`` x ``templates`` into ``writer`` (a JsonlWriter) with the sampling
     settings of ``config`` (a :class:`spr.generate.GenerateConfig`), skipping ids in ``done`` and in the
     writer. Returns the run's statistics."""
@@ -174,13 +261,17 @@ def generate_into(adapter, regions, templates, writer, config, done=None, progre
     done = set(done or ()) | writer.ids
     greedy = config.temperature <= 0
     samples = list(range(config.samples)) + ([GREEDY] if config.include_greedy and not greedy else [])
-    gen_kwargs = dict(max_new_tokens=config.max_new_tokens, num_return_sequences=len(samples), do_sample=False)
+    gen_kwargs = dict(
+        max_new_tokens=config.max_new_tokens, num_return_sequences=len(samples), do_sample=False
+    )
     if not greedy:  # the sampling is RowSampler's; transformers' sampler only takes the one token it leaves
         gen_kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     if config.min_new_tokens:
         gen_kwargs["min_new_tokens"] = config.min_new_tokens
     start = time.perf_counter()
-    bar = tqdm(total=len(regions), desc="generate", unit="region", disable=not progress or None, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(regions), desc="generate", unit="region", disable=not progress or None, dynamic_ncols=True
+    )
     pending: list[_Item] = []
 
     def run_batch(items: list[_Item]) -> None:
