@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,15 @@ class GenerateConfig:
     model: str = opt(required, "local model directory (config.json, model.safetensors, processor)")
     regions: str = opt(required, "regions.jsonl written by `spr regions`")
     out: str = opt(required, "candidates.jsonl to write (ids already there are skipped)")
-    samples: int = opt(4, "candidates per region and prompt")
-    temperature: float = opt(1.0, "sampling temperature; 0 decodes greedily (then use --samples 1)")
-    top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches this")
-    max_new_tokens: int = opt(256, "longest description, in tokens")
-    min_new_tokens: int = opt(0, "shortest description, in tokens (benchmarks set it to fix the amount of work)")
+    samples: int = opt(4, "candidates per region and prompt", min=1)
+    temperature: float = opt(1.0, "sampling temperature; 0 decodes greedily (then use --samples 1)", min=0)
+    top_p: float = opt(
+        0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches this", above=0, max=1
+    )
+    max_new_tokens: int = opt(256, "longest description, in tokens", min=1)
+    min_new_tokens: int = opt(
+        0, "shortest description, in tokens (benchmarks set it to fix the amount of work)", min=0
+    )
     prompts: str | None = opt(
         None,
         "comma-separated built-in prompt ids (region_box, crop, hints) and/or JSON/YAML template files",
@@ -65,7 +70,7 @@ class GenerateConfig:
         False, "also decode the greedy answer per region and prompt (id .../greedy), so the chosen answer of a "
         "pair is never below the model's own greedy quality"
     )
-    limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False)
+    limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False, min=1)
     family: str | None = opt(None, "model family, overriding config.model_type", default_text="from config.json")
     format: str | None = opt(None, "box format, overriding the family's", default_text="the family's")
     batch_size: int = opt(4, "prompts per generate call, each with --samples sequences", output=False)
@@ -100,9 +105,9 @@ def read_regions(path: str | Path, limit: int | None = None) -> list[Region]:
         raise UserError(f"{path}: no such regions file (make one with `spr regions`)") from None
     except JsonlError as e:
         raise UserError(f"{e}; expected Region records written by `spr regions`") from None
-    ids = [r.id for r in regions]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+    counts = Counter(r.id for r in regions)
+    if len(counts) != len(regions):
+        dup = sorted(i for i, n in counts.items() if n > 1)[:5]
         raise UserError(f"{path}: region ids must be unique; repeated: {', '.join(dup)}")
     if not regions:
         raise UserError(f"{path}: no regions (make them with `spr regions`)")

@@ -133,6 +133,7 @@ def load_coco(
             continue
         images[rec["id"]] = AnnotatedImage(rec["id"], path, (int(size[0]), int(size[1])))
 
+    listed = {r.get("id") for r in data["images"] if isinstance(r, dict)}  # skipped ones too
     seen_ann: set = set()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or not {"id", "image_id", "category_id", "bbox"} <= a.keys():
@@ -145,7 +146,7 @@ def load_coco(
         seen_ann.add(a["id"])
         img = images.get(a["image_id"])
         if img is None:
-            if not any(a["image_id"] == r.get("id") for r in data["images"] if isinstance(r, dict)):
+            if a["image_id"] not in listed:
                 report("unknown image id", f"{where}: image id not in 'images'")
             continue  # the image itself was skipped and reported already
         if a["category_id"] not in categories:
