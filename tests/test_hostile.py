@@ -328,3 +328,20 @@ def test_the_label_model_is_safetensors_only(tmp_path):
     (d / "pytorch_model.bin").write_bytes(b"a pickle")
     with pytest.raises(UserError, match="pytorch_model.bin"):
         SentenceEmbedder(str(d))
+
+
+def test_weights_that_leave_tensors_of_the_model_unset_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from spr import models
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir("qwen2_vl"), d)
+    tensors = load_file(str(d / "model.safetensors"))
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=f"1 tensors missing \\({re.escape(dropped)}\\)"):
+        models.load(d)

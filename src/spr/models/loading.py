@@ -95,9 +95,18 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
     safetensors only; any failure (a config of another architecture, shapes that do not fit) is one line."""
     check_weights(path)
     try:
-        return cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
+        model, info = cls.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, output_loading_info=True, **kwargs
+        )
     except Exception as e:
         raise UserError(f"{path}: cannot load the {what}: {type(e).__name__}: {e}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers would start these from random numbers, with a warning only
+        raise UserError(
+            f"{path}: the weights do not fit the {what} config.json describes: {len(missing)} tensors missing "
+            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); is config.json another model's?"
+        )
+    return model
 
 
 def resolve_dtype(dtype, device: str):
