@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -46,15 +47,26 @@ def opt(
     default_text: str | None = None,
     cli: bool = True,
     name: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    special: tuple = (),
+    finite: bool = True,
 ):
     """A config field. ``output=False`` marks a field that does not change what the stage writes (device,
     batch size, progress ...): it is left out of the settings header, so a resume may change it.
     ``default_text`` replaces the shown default where the value alone would mislead (``None`` meaning "auto").
     ``cli=False`` keeps a field out of the command line (set from Python or YAML only). ``name`` is the
-    option's name where the field's own cannot be it (``lam`` is ``--lambda`` and ``lambda:`` in YAML)."""
+    option's name where the field's own cannot be it (``lam`` is ``--lambda`` and ``lambda:`` in YAML).
+    A number's range: ``min`` / ``max`` (inclusive), ``above`` (exclusive), ``special`` values allowed outside
+    it (``-1``: "run the epochs"); a float must be finite unless ``finite=False`` (:func:`check_numbers`)."""
     if not help:
         raise ValueError("every config field needs a help sentence")
-    metadata = dict(help=help, choices=choices, output=output, positional=positional, cli=cli)
+    metadata = dict(help=help, choices=choices, output=output, positional=positional, cli=cli, finite=finite)
+    bounds = dict(min=min, max=max, above=above)
+    metadata.update({k: v for k, v in bounds.items() if v is not None})
+    if special:
+        metadata["special"] = tuple(special)
     if name is not None:
         metadata["name"] = name
     if default is required:
@@ -158,6 +170,35 @@ def coerce(value, tp, name: str):
     return _scalar(value, elem, name)
 
 
+def _number_problem(value, f: dataclasses.Field) -> str | None:
+    """Why ``value`` is out of field ``f``'s range, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value in f.metadata.get("special", ()):
+        return None
+    if isinstance(value, float) and not math.isfinite(value) and f.metadata.get("finite", True):
+        return f"must be a finite number, got {value}"
+    low, high, above = (f.metadata.get(k) for k in ("min", "max", "above"))
+    special = "".join(f" (or {s})" for s in f.metadata.get("special", ()))
+    if low is not None and value < low:
+        return f"must be at least {low}{special}, got {value}"
+    if above is not None and value <= above:
+        return f"must be above {above}{special}, got {value}"
+    if high is not None and value > high:
+        return f"must be at most {high}{special}, got {value}"
+    return None
+
+
+def check_numbers(config) -> None:
+    """Every number of ``config`` finite and in its field's declared range (:func:`opt`); ValueError naming the
+    first that is not. :func:`build` calls it, so flags, YAML and run configs are all checked; a config's
+    ``__post_init__`` may call it too."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            problem = _number_problem(item, f)
+            if problem:
+                raise ValueError(f"{option_name(f)}: {problem}")
+
+
 # ------------------------------------------------------------------------------------------------- the CLI
 
 
@@ -239,27 +280,80 @@ def add_arguments(parser: argparse.ArgumentParser, cls, config_file: bool = True
 
 def _yaml_mapping(text: str) -> dict:
     """A mapping given on the command line as YAML: ``--regions '{annotations: a.json, images: img}'``."""
-    import yaml
-
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not YAML: {e}") from None
+        value = load_yaml(text, "the value")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{key: value}}', got {text!r}")
     return value
 
 
-def read_yaml(path: str | Path) -> dict:
+# A config is small: these stop a hostile one (an alias bomb, "billion laughs", expands exponentially once its
+# values are copied; deep nesting exhausts the recursion of the YAML composer) before it costs memory or time.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # values with every alias expanded; the shipped run configs have a few hundred
+MAX_YAML_DEPTH = 50
+
+
+def load_yaml(text: str | bytes, source: str):
+    """YAML ``text`` (bytes must be UTF-8) as Python values, refused with one line naming ``source`` when it is
+    too large, not UTF-8, not YAML, nested deeper than ``MAX_YAML_DEPTH`` or more than ``MAX_YAML_VALUES``
+    values once its aliases are expanded."""
     import yaml
 
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source}: {len(text)} bytes, more than a config may have ({MAX_YAML_BYTES})")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not a readable YAML file: {' '.join(str(e).split())}") from None
+    check_size(data, source)
+    return data
+
+
+def check_size(value, source: str) -> None:
+    """UserError when ``value`` (YAML already loaded) is nested too deeply or too large once its aliases are
+    expanded (see :func:`load_yaml`)."""
+    _expanded_size(value, source, 0, {})
+
+
+def _expanded_size(value, source: str, depth: int, sizes: dict) -> int:
+    """The number of values in ``value`` with each alias counted as often as it is used (memoized by object,
+    so an alias bomb is measured in linear time)."""
+    if depth > MAX_YAML_DEPTH:
+        raise UserError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep (or an alias holds itself)")
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) not in sizes:
+        children = value.values() if isinstance(value, dict) else value
+        n = 1 + sum(_expanded_size(child, source, depth + 1, sizes) for child in children)
+        if n > MAX_YAML_VALUES:
+            raise UserError(
+                f"{source}: more than {MAX_YAML_VALUES} values once its aliases (*name) are expanded; "
+                "a config this large is refused (an alias bomb?)"
+            )
+        sizes[id(value)] = n
+    return sizes[id(value)]
+
+
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # no more: load_yaml refuses a longer one
     except FileNotFoundError:
         raise UserError(f"{path}: no such config file") from None
-    except (OSError, yaml.YAMLError) as e:
+    except OSError as e:
         raise UserError(f"{path}: not a readable YAML file: {e}") from None
+    data = load_yaml(raw, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -285,6 +379,11 @@ def build(cls, values: dict, source: str = "config"):
         raise UserError(
             f"{source}: missing required option(s): {', '.join(flag_name(option_name(fields[n])) for n in missing)}"
         )
+    for k, v in kwargs.items():  # before the config's own __post_init__, which may not expect a nan
+        for item in v if isinstance(v, list | tuple) else [v]:
+            problem = _number_problem(item, fields[k])
+            if problem:
+                raise UserError(f"{source}: {option_name(fields[k])}: {problem}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:

@@ -51,11 +51,15 @@ class GenerateConfig:
     model: str = opt(required, "local model directory (config.json, model.safetensors, processor)")
     regions: str = opt(required, "regions.jsonl written by `spr regions`")
     out: str = opt(required, "candidates.jsonl to write (ids already there are skipped)")
-    samples: int = opt(4, "candidates per region and prompt")
-    temperature: float = opt(1.0, "sampling temperature; 0 decodes greedily (then use --samples 1)")
-    top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches this")
-    max_new_tokens: int = opt(256, "longest description, in tokens")
-    min_new_tokens: int = opt(0, "shortest description, in tokens (benchmarks set it to fix the amount of work)")
+    samples: int = opt(4, "candidates per region and prompt", min=1)
+    temperature: float = opt(1.0, "sampling temperature; 0 decodes greedily (then use --samples 1)", min=0)
+    top_p: float = opt(
+        0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches this", above=0, max=1
+    )
+    max_new_tokens: int = opt(256, "longest description, in tokens", min=1)
+    min_new_tokens: int = opt(
+        0, "shortest description, in tokens (benchmarks set it to fix the amount of work)", min=0
+    )
     prompts: str | None = opt(
         None,
         "comma-separated built-in prompt ids (region_box, crop, hints) and/or JSON/YAML template files",
@@ -66,7 +70,7 @@ class GenerateConfig:
         False, "also decode the greedy answer per region and prompt (id .../greedy), so the chosen answer of a "
         "pair is never below the model's own greedy quality"
     )
-    limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False)
+    limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False, min=1)
     family: str | None = opt(None, "model family, overriding config.model_type", default_text="from config.json")
     format: str | None = opt(None, "box format, overriding the family's", default_text="the family's")
     batch_size: int = opt(4, "prompts per generate call, each with --samples sequences", output=False)

@@ -58,7 +58,7 @@ class GrpoConfig:
         None, "description prompts: built-in ids (region_box, crop, hints) and/or template files",
         default_text="all built-in prompts",
     )  # fmt: skip
-    limit: int | None = opt(None, "use only the first N regions and the first N REC samples")
+    limit: int | None = opt(None, "use only the first N regions and the first N REC samples", min=1)
     family: str | None = opt(
         None, "model family when config.model_type does not tell", default_text="from config.json"
     )
@@ -88,12 +88,12 @@ class GrpoConfig:
     lam: float = opt(
         DEFAULT_LAMBDA, "spr reward = lambda * semantic + (1 - lambda) * localization", name="lambda"
     )
-    num_generations: int = opt(8, "completions sampled per prompt (a group)")
-    temperature: float = opt(1.0, "sampling temperature")
+    num_generations: int = opt(8, "completions sampled per prompt (a group)", min=1)
+    temperature: float = opt(1.0, "sampling temperature", above=0)
     top_p: float = opt(
-        1.0, "nucleus sampling: keep the smallest set of tokens whose probability reaches this"
+        1.0, "nucleus sampling: keep the smallest set of tokens whose probability reaches this", above=0, max=1
     )
-    max_completion_length: int = opt(256, "longest completion, in tokens")
+    max_completion_length: int = opt(256, "longest completion, in tokens", min=1)
     beta: float = opt(
         0.0, "KL coefficient against the base (the adapter switched off); 0: no reference forward"
     )
@@ -101,15 +101,15 @@ class GrpoConfig:
     scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group's reward std, the batch's, or not")  # fmt: skip
     num_iterations: int = opt(1, "optimisation passes per generated batch (GRPO's mu)")
     epsilon: float = opt(0.2, "clipping range of the policy ratio")
-    learning_rate: float = opt(1e-5, "peak learning rate")
+    learning_rate: float = opt(1e-5, "peak learning rate", above=0)
     lr_scheduler_type: str = opt("cosine", "learning-rate schedule (transformers' names)")
-    warmup_ratio: float = opt(0.0, "fraction of steps for linear warm-up")
-    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)")
-    num_train_epochs: float = opt(1.0, "epochs over the prompts")
+    warmup_ratio: float = opt(0.0, "fraction of steps for linear warm-up", min=0, max=1)
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)", min=1, special=(-1,))
+    num_train_epochs: float = opt(1.0, "epochs over the prompts", above=0)
     per_device_train_batch_size: int | None = opt(
         None, "completions per device per step", default_text="num_generations (one prompt's group)"
     )
-    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update")
+    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update", min=1)
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.05, "LoRA dropout")

@@ -62,7 +62,9 @@ class PairConfig:
     pairing: Literal["paper", "self_refined", "best_vs_worst"] = opt(
         "paper", "which answers are paired (see `spr.pairs`): paper, self_refined or best_vs_worst"
     )
-    min_margin: float = opt(0.0, "keep a pair only when chosen total - rejected total is positive and at least this")
+    min_margin: float = opt(
+        0.0, "keep a pair only when chosen total - rejected total is positive and at least this", min=0
+    )
 
     def dpo_path(self) -> Path:
         return Path(self.dpo_out) if self.dpo_out else Path(self.out).with_name("dpo.jsonl")

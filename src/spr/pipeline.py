@@ -56,6 +56,7 @@ RUN_SET = {
     "merge": ("adapter", "base", "out"),
 }
 LAUNCHERS = ("python", "accelerate", "torchrun")
+MAX_ROUNDS = 100  # a bound, so that a typo (rounds=100000000) is refused rather than planned for hours
 
 
 @dataclass
@@ -65,7 +66,7 @@ class RunConfig:
 
     out: str = opt(required, "run directory (the same command resumes a killed run)", output=False)
     model: str = opt(required, "the base model directory")
-    rounds: int = opt(1, "SPR rounds; round k+1 samples from round k's model (on-policy)")
+    rounds: int = opt(1, "SPR rounds; round k+1 samples from round k's model (on-policy)", min=1, max=MAX_ROUNDS)
     fresh_regions: bool = opt(True, "each round draws its own regions (seed + round); off: every round uses round 1's")
     reference: Literal["previous", "base"] = opt(
         "previous", "DPO reference of round k+1: round k's model, or the base (round k's adapter trained on)"
@@ -93,15 +94,19 @@ class RunConfig:
     )
 
     def __post_init__(self):
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        C.check_numbers(self)
         if len(self.method) not in (1, self.rounds) or set(self.method) - {"dpo", "grpo"}:
             raise ValueError(f"method: dpo or grpo, once or once per round ({self.rounds}); got {self.method}")
         for name in STAGE_SECTIONS:
             taken = sorted(set(getattr(self, name)) & set(RUN_SET[name]))
             if taken:
                 raise ValueError(f"section {name}: {', '.join(taken)} are set by the run (the round's files)")
+        for task, fields in self.eval.items():
+            if not isinstance(fields, dict | None):
+                raise ValueError(f"eval {task}: expected a mapping of `spr eval {task}` fields, got {fields!r}")
         for stage, spec in self.launcher.items():
+            if not isinstance(spec, dict | None):
+                raise ValueError(f"launcher {stage}: expected a mapping {{kind: ..., num_processes: ...}}, got {spec!r}")
             if stage not in (*STAGE_SECTIONS, "eval") or (spec or {}).get("kind", "python") not in LAUNCHERS:
                 raise ValueError(f"launcher {stage}: {spec}; stages: {', '.join(STAGE_SECTIONS)}, eval; kinds: {', '.join(LAUNCHERS)}")
 
@@ -170,9 +175,11 @@ def _yaml_value(raw: str):
     if raw.startswith(("{run}", "{world}", "{assets}")):
         return raw
     try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
+        value = yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError):
         return raw
+    C.check_size(value, f"--set value {raw[:40]!r}")
+    return value
 
 
 def _stage_config(stage: str, section: str, values: dict):
@@ -209,7 +216,8 @@ def plan(config: RunConfig) -> list[Step]:
     policy, adapter = c.model, None
     for k in range(1, c.rounds + 1):
         d = run / f"round-{k}"
-        seed_regions, seed_generate = int(c.regions.get("seed", 0)), int(c.generate.get("seed", 0))
+        seed_regions = C.coerce(c.regions.get("seed", 0), int, "run config, section regions: seed")
+        seed_generate = C.coerce(c.generate.get("seed", 0), int, "run config, section generate: seed")
         if k == 1 or c.fresh_regions:
             regions = d / "regions.jsonl"
             steps.append(Step(f"round-{k}/regions", "regions", _stage_config("regions", "regions", {

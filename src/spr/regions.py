@@ -40,7 +40,7 @@ class RegionConfig:
     max_area_fraction: float = opt(1.0, "skip regions whose box covers more than this fraction of the image")
     inside_fraction: float = opt(0.5, "an object belongs to the region when this fraction of its area is inside")
     skip_crowd: bool = opt(True, "ignore crowd annotations (iscrowd=1), whose boxes cover groups of objects")
-    limit: int | None = opt(None, "stop after this many regions in all", output=False)
+    limit: int | None = opt(None, "stop after this many regions in all", output=False, min=1)
     on_error: Literal["skip", "stop"] = opt("skip", "bad annotation records: skip and count them, or stop")
     max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped as unreadable")
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)

@@ -44,7 +44,7 @@ def iter_jsonl(
             obj = json.loads(raw)
             if not isinstance(obj, dict):
                 raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
             msg = f"{path}:{lineno}: {'partial last line (interrupted write?)' if is_last_partial else 'bad JSON'}: {e}"
             if skip_bad or is_last_partial:
                 if problems is not None:
@@ -136,7 +136,7 @@ class JsonlWriter:
                 obj = json.loads(raw)
                 if not isinstance(obj, dict):
                     raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:
                 bad.append(f"line {lineno}: {e}")
                 continue
             if "id" in obj:

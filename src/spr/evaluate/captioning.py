@@ -137,7 +137,7 @@ class CaptionConfig(EvalConfig):
 
     data: str = opt(required, "region caption JSONL: {id, image, box, captions, split} per line")
     prompt: str = opt(DEFAULT_PROMPT, "prompt template; {box} is the region in the model's box format")
-    max_new_tokens: int = opt(32, "answer length limit, in tokens")
+    max_new_tokens: int = opt(32, "answer length limit, in tokens", min=1)
 
 
 class CaptionTask(Task):

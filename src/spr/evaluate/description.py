@@ -47,7 +47,7 @@ class DescriptionConfig(EvalConfig):
     clip_model: str | None = opt(None, "CLIP model directory for --semantic clip")
     label_model: str | None = opt(None, "sentence-embedding model directory for --semantic labels")
     batch_size: int = opt(4, "prompts per batch", output=False)
-    max_new_tokens: int = opt(256, "answer length limit, in tokens")
+    max_new_tokens: int = opt(256, "answer length limit, in tokens", min=1)
 
 
 def template_for(spec: str | None):

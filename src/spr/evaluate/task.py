@@ -42,9 +42,9 @@ class EvalConfig:
         None, "float32, bfloat16, float16 or auto (evaluate the base in the precision the trained model runs in)",
         default_text="float32 on CPU, the checkpoint's dtype on GPU",
     )  # fmt: skip
-    batch_size: int = opt(8, "prompts per batch", output=False)
-    max_new_tokens: int = opt(64, "answer length limit, in tokens")
-    limit: int | None = opt(None, "evaluate only the first N samples", output=False)
+    batch_size: int = opt(8, "prompts per batch", output=False, min=1)
+    max_new_tokens: int = opt(64, "answer length limit, in tokens", min=1)
+    limit: int | None = opt(None, "evaluate only the first N samples", output=False, min=1)
     max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "samples with a larger image count as image failures")
     overwrite: bool = opt(False, "discard earlier predictions in --out", output=False)
     quiet: bool = opt(False, "no progress bar", output=False)
