@@ -43,3 +43,32 @@ def test_a_repeated_region_id_is_named_in_linear_time(tmp_path):
     with pytest.raises(UserError, match=r"region ids must be unique; repeated: r17, r5$"):
         read_regions(path)
     assert time.perf_counter() - start < 20
+
+
+def test_records_serialise_as_asdict_did():
+    from dataclasses import asdict
+
+    from spr.data.records import Candidate, Score
+
+    cand = Candidate(id="r/p/0", region_id="r", prompt_id="p", prompt="q", sample=0, text="a <box>",
+                     groundings=[{"phrase": "a", "box": [1.0, 2.0, 3.0, 4.0], "span": [0, 1]}], geometry={"w": 3})  # fmt: skip
+    score = Score(id="r/p/0", candidate_id="r/p/0", region_id="r", refined=False, text="a", semantic=0.5,
+                  localization=0.25, total=0.75, matches=[{"reference": 0, "prediction": 0, "iou": 0.5}])  # fmt: skip
+    for record in (cand, score):
+        assert record.to_dict() == asdict(record)
+        assert list(record.to_dict()) == list(asdict(record))  # the same key order: the same bytes on disk
+
+
+def test_writer_reads_a_file_line_by_line_and_still_repairs_it(tmp_path):
+    from spr.data.jsonl import JsonlWriter
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "b", "te{"id": "c"}\n{"id": "a"}\n\n{"id": "d"}\n{"id": "e", "x')
+    with JsonlWriter(path) as writer:
+        assert writer.ids == {"a", "d"} and writer.dropped_partial and writer.repaired == 2
+        writer.write({"id": "e"})
+    assert path.read_bytes() == b'{"id": "a"}\n{"id": "d"}\n{"id": "e"}\n'
+    path.write_bytes(b'{"id": "half')  # no newline at all
+    with JsonlWriter(path) as writer:
+        assert writer.ids == set() and writer.dropped_partial
+    assert path.read_bytes() == b""

@@ -163,7 +163,7 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
             shard = shard_path(out, rank, world)
             if shard != out:
                 held.enter_context(OutputLock(lock_path(shard), str(shard)))
-            done = ids_in([out, *shards_of(out)])
+            done = ids_in(p for p in (out, *shards_of(out)) if p != shard)  # the writer reads its own
             with JsonlWriter(shard) as writer:
                 stats = generate_into(
                     adapter, regions[rank::world], templates, writer, config,

@@ -122,37 +122,38 @@ class JsonlWriter:
         self.written = 0
 
     def _repair_and_load(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            # A killed writer left half a line: cut it, its record will be written again.
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        """Read the ids written so far, line by line (memory: the ids, not the file); cut a partial last line
+        and remove unreadable or repeated lines."""
+        if _cut_partial_last_line(self.path):
+            # A killed writer left half a line: cut, its record will be written again.
             self.dropped_partial = True
-        keep, bad = [], []
-        for lineno, raw in enumerate(self.path.read_bytes().split(b"\n"), start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError, RecursionError) as e:
-                bad.append(f"line {lineno}: {e}")
-                continue
-            if "id" in obj:
-                if str(obj["id"]) in self.ids:
-                    bad.append(f"line {lineno}: a second record with id {obj['id']!r}")
+        bad = []
+        with self.path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
                     continue
-                self.ids.add(str(obj["id"]))
-            keep.append(raw)
+                try:
+                    obj = json.loads(raw)
+                    if not isinstance(obj, dict):
+                        raise ValueError("not a JSON object")
+                except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                    bad.append((lineno, f"line {lineno}: {e}"))
+                    continue
+                if "id" in obj:
+                    if str(obj["id"]) in self.ids:
+                        bad.append((lineno, f"line {lineno}: a second record with id {obj['id']!r}"))
+                        continue
+                    self.ids.add(str(obj["id"]))
         if bad:
             # A torn line in the middle (a crash, a disk error) is written again, so it goes, or the file would
             # hold an unreadable line forever; a repeated id (two writers before locks existed) keeps the first.
             log.warning("%s: %d unreadable or repeated line(s) removed; missing records are written again (%s)",
-                        self.path, len(bad), "; ".join(bad[:3]))  # fmt: skip
+                        self.path, len(bad), "; ".join(m for _, m in bad[:3]))  # fmt: skip
             self.repaired = len(bad)
+            drop = {lineno for lineno, _ in bad}
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(r + b"\n" for r in keep))
+            with self.path.open("rb") as f, tmp.open("wb") as out:
+                out.writelines(raw for lineno, raw in enumerate(f, start=1) if raw.strip() and lineno not in drop)
             os.replace(tmp, self.path)
 
     def has(self, record_id: str) -> bool:
@@ -181,6 +182,25 @@ class JsonlWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _cut_partial_last_line(path: Path) -> bool:
+    """Truncate ``path`` after its last newline when it does not end in one; True when it cut something."""
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        if not size or (f.seek(size - 1), f.read(1))[1] == b"\n":
+            return False
+        end = size
+        while end > 0:  # back to the last newline, a block at a time
+            start = max(0, end - 65536)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(start + newline + 1)
+                return True
+            end = start
+        f.truncate(0)
+        return True
 
 
 def shard_path(path: str | Path, rank: int, world_size: int) -> Path:

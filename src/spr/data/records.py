@@ -6,6 +6,7 @@ Each record has a stable ``id``; stages skip ids already written, which is what 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,12 +17,19 @@ class RecordError(ValueError):
     """A record that does not have the fields its type needs."""
 
 
+@functools.cache
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 @dataclass
 class Record:
     kind: ClassVar[str] = "record"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields by name, values as they are (no deep copy: records hold JSON values, written as read;
+        ``dataclasses.asdict`` cost 6x the JSON encoding)."""
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
