@@ -345,3 +345,72 @@ def test_weights_that_leave_tensors_of_the_model_unset_are_refused(tiny_model_di
     save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(UserError, match=f"1 tensors missing \\({re.escape(dropped)}\\)"):
         models.load(d)
+
+
+# ------------------------------------------------------------------------------ data files
+
+
+COCO_SPOILS = {
+    "image id a list": (lambda c: c["images"][0].__setitem__("id", [1]), "id must be a number or a string"),
+    "category id an object": (lambda c: c["categories"][0].__setitem__("id", {"a": 1}), "id must be a number or a string"),
+    "annotation image_id a list": (lambda c: c["annotations"][0].__setitem__("image_id", [1]), "must be numbers or strings"),
+    "file_name out of --images": (lambda c: c["images"][0].__setitem__("file_name", "../outside/x.png"), "not a relative path inside"),
+    "file_name absolute": (lambda c: c["images"][0].__setitem__("file_name", "/etc/passwd"), "not a relative path inside"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(COCO_SPOILS))
+def test_a_bad_coco_record_is_skipped_and_named_or_stops_the_stage(coco, tmp_path, capsys, case):
+    annotations, images = coco
+    data = json.loads(annotations.read_text())
+    spoil, message = COCO_SPOILS[case]
+    spoil(data)
+    annotations.write_text(json.dumps(data))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.png").write_bytes((images / "img001.png").read_bytes())  # what "../" would reach
+    args = ["regions", "--annotations", str(annotations), "--images", str(images)]
+    assert main([*args, "--out", str(tmp_path / "r.jsonl")]) == 0
+    out = capsys.readouterr()
+    assert message in out.out and "Traceback" not in out.err
+    assert "outside" not in (tmp_path / "r.jsonl").read_text()
+    assert main([*args, "--out", str(tmp_path / "s.jsonl"), "--on-error", "stop"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(annotations) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("reader", ["coco", "jsonl", "metrics"])
+def test_deeply_nested_json_is_one_line_naming_the_file(tmp_path, capsys, reader):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / ("deep.jsonl" if reader == "jsonl" else "deep.json")
+    path.write_text('{"id": "a", "x": ' + deep + "}\n" if reader == "jsonl" else deep)
+    args = {
+        "coco": ["regions", "--annotations", str(path), "--images", str(tmp_path), "--out", str(tmp_path / "r.jsonl")],
+        "jsonl": ["generate", "--model", str(tmp_path), "--regions", str(path), "--out", str(tmp_path / "c.jsonl")],
+        "metrics": ["eval", "compare", str(path), str(path)],
+    }[reader]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_ref_l4_extraction_never_writes_through_a_symlink_in_the_cache(tmp_path):
+    import io
+    import tarfile
+
+    from spr.evaluate.refl4 import _extract
+
+    tar_path, cache, victim = tmp_path / "images.tar.gz", tmp_path / "cache", tmp_path / "victim.txt"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for name in ("a.png", "sub/b.png"):
+            info = tarfile.TarInfo(name)
+            info.size = 5
+            tar.addfile(info, io.BytesIO(b"image"))
+    victim.write_text("keep me")
+    cache.mkdir()
+    (cache / ".a.png.tmp").symlink_to(victim)  # planted where the extraction writes before its rename
+    (cache / "sub").symlink_to(tmp_path)  # a folder of the cache that leads out of it
+    problems: list[str] = []
+    done = _extract(tar_path, {"a.png", "sub/b.png"}, cache, problems)
+    assert victim.read_text() == "keep me" and not (tmp_path / "b.png").exists()
+    assert (cache / "a.png").read_bytes() == b"image" and list(done) == ["a.png"]
+    assert any("leads out" in p for p in problems)

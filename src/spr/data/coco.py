@@ -7,13 +7,13 @@ skipped and counted; with ``on_error="stop"`` the first one raises :class:`~spr.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from .files import inside, is_key, read_json
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, image_size
 
 
@@ -56,15 +56,7 @@ class Problems:
 
 
 def _load_json(path: Path) -> dict:
-    if not path.exists():
-        raise UserError(f"{path}: annotation file not found")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (truncated or corrupt?) at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
+    data = read_json(path, "a COCO-style annotation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
@@ -106,6 +98,9 @@ def load_coco(
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             report("bad category", f"categories[{i}]: needs 'id' and 'name'")
             continue
+        if not is_key(c["id"]):
+            report("bad category", f"categories[{i}]: id must be a number or a string, got {_short(c['id'])}")
+            continue
         categories[c["id"]] = str(c["name"])
 
     images: dict = {}
@@ -113,10 +108,17 @@ def load_coco(
         if not isinstance(rec, dict) or "id" not in rec or "file_name" not in rec:
             report("bad image record", f"images[{i}]: needs 'id' and 'file_name'")
             continue
+        if not is_key(rec["id"]):
+            report("bad image record", f"images[{i}]: id must be a number or a string, got {_short(rec['id'])}")
+            continue
         if rec["id"] in images:
             report("duplicate image id", f"images[{i}]: duplicate image id {rec['id']!r}")
             continue
-        path = images_dir / rec["file_name"]
+        path = inside(images_dir, rec["file_name"])
+        if path is None:
+            report("image outside --images", f"images[{i}]: file_name {_short(rec['file_name'])} is not a "
+                   f"relative path inside {images_dir}")  # fmt: skip
+            continue
         size = (rec.get("width"), rec.get("height"))
         if check_images:
             try:
@@ -133,11 +135,14 @@ def load_coco(
             continue
         images[rec["id"]] = AnnotatedImage(rec["id"], path, (int(size[0]), int(size[1])))
 
-    listed = {r.get("id") for r in data["images"] if isinstance(r, dict)}  # skipped ones too
+    listed = {r.get("id") for r in data["images"] if isinstance(r, dict) and is_key(r.get("id"))}  # skipped too
     seen_ann: set = set()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or not {"id", "image_id", "category_id", "bbox"} <= a.keys():
             report("bad annotation", f"annotations[{i}]: needs 'id', 'image_id', 'category_id' and 'bbox'")
+            continue
+        if not all(is_key(a[k]) for k in ("id", "image_id", "category_id")):
+            report("bad annotation", f"annotations[{i}]: id, image_id and category_id must be numbers or strings")
             continue
         where = f"annotation {a['id']!r} (image {a['image_id']!r})"
         if a["id"] in seen_ann:
@@ -168,6 +173,11 @@ def load_coco(
             AnnotatedObject(categories[a["category_id"]], clipped, a["category_id"], a["id"], bool(a.get("iscrowd", 0)))
         )
     return list(images.values())
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _to_xyxy(bbox) -> tuple[float, float, float, float] | None:

@@ -14,7 +14,6 @@ scores (precision / recall / F1, resampling regions). A better run whose interva
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from spr.config import opt, required
+from spr.data.files import read_json
 from spr.data.jsonl import iter_jsonl
 from spr.errors import UserError
 
@@ -39,14 +39,7 @@ def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: no such file (give a metrics.json or the run directory holding it)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON: {e}") from None
+    data = read_json(path, "a metrics.json, or the run directory holding it")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object of metrics")
     return data
@@ -80,7 +73,7 @@ def _direction(task_name: str | None) -> dict[str, bool]:
     """metric name -> higher_is_better, from the registered task."""
     from .task import TASKS
 
-    task = TASKS.get(task_name or "")
+    task = TASKS.get(task_name) if task_name in TASKS else None
     return {m.name: m.higher_is_better for m in task.metrics} if task else {}
 
 

@@ -23,12 +23,12 @@ the data file's directory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spr import boxes as B
+from spr.data.files import inside, is_key, read_json
 from spr.data.jsonl import iter_jsonl
 from spr.errors import UserError
 
@@ -168,19 +168,15 @@ def read_refer(
     refs = safe_pickle.load(refs_file)
     if not isinstance(refs, list):
         raise UserError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
-    try:
-        instances = json.loads(instances_file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{instances_file}: cannot read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{instances_file}: not valid JSON: {e}") from None
+    instances = read_json(instances_file, "the refer layout's COCO instances.json")
     if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
         raise UserError(
             f"{instances_file}: expected a COCO object with 'images' and 'annotations' lists, got "
             f"{type(instances).__name__}"
         )
-    anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict)}
-    images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict)}
+    # keyed by ids that can be keys (a list or an object as an id matches nothing)
+    anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict) and is_key(a.get("id"))}
+    images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict) and is_key(im.get("id"))}
     images_dir = Path(images_dir) if images_dir else refs_file.parent / "images"
 
     out: list[RecSample] = []
@@ -192,13 +188,14 @@ def read_refer(
         split = str(ref.get("split", "all"))
         if not _wanted(split, splits):
             continue
-        ann = anns.get(ref.get("ann_id"))
+        ann = anns.get(ref.get("ann_id")) if is_key(ref.get("ann_id")) else None
         if ann is None:
             problems.append(
                 f"{where}: annotation id {ref.get('ann_id')!r} not in {instances_file.name}; skipped"
             )
             continue
-        image = images.get(ann.get("image_id", ref.get("image_id")))
+        image_id = ann.get("image_id", ref.get("image_id"))
+        image = images.get(image_id) if is_key(image_id) else None
         if image is None or "file_name" not in image:
             problems.append(
                 f"{where}: image id {ann.get('image_id')!r} not in {instances_file.name}; skipped"
@@ -212,6 +209,10 @@ def read_refer(
         box = _box([x, y, x + w, y + h], where, problems)
         if box is None:
             continue
+        image_path = inside(images_dir, image["file_name"])
+        if image_path is None:
+            problems.append(f"{where}: file_name {image['file_name']!r} is not a path inside {images_dir}; skipped")
+            continue
         for k, sent in enumerate(ref.get("sentences") or []):
             text = sent.get("sent") or sent.get("raw") if isinstance(sent, dict) else None
             if not text:
@@ -221,7 +222,7 @@ def read_refer(
             out.append(
                 RecSample(
                     id=f"{ref.get('ref_id', n)}/{sid}",
-                    image=str(images_dir / image["file_name"]),
+                    image=str(image_path),
                     expression=str(text),
                     box=box,
                     split=split,

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import sys
 import tarfile
 from pathlib import Path
 
+from spr.data.files import inside, read_json
 from spr.errors import UserError
 
 from .layouts_parquet import iter_rows, open_parquet, split_of, xywh_box
@@ -58,12 +60,7 @@ def is_refl4_json(path: Path) -> bool:
 
 
 def _rows_json(path: Path):
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON: {e}") from None
+    data = read_json(path, "a JSON list of Ref-L4 annotations")
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of Ref-L4 annotations, got {type(data).__name__}")
     if data and isinstance(data[0], dict):
@@ -131,6 +128,9 @@ def read_refl4(
                 problems.append(f"{where}: empty caption; skipped")
                 continue
             name = str(row["file_name"])
+            if inside(bases[0], name) is None:
+                problems.append(f"{where}: file_name {name!r} is not a path inside the image folder; skipped")
+                continue
             found = next((b / name for b in bases if (b / name).exists()), None)
             if found is None:
                 unresolved.setdefault(name, []).append(len(out))
@@ -196,8 +196,13 @@ def _extract(tar_path: Path, names: set[str], dest: Path, problems: list[str]) -
                     continue
                 target = dest / key
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.parent.resolve().is_relative_to(dest.resolve()):
+                    problems.append(f"{dest}: {key}: a symlink in the image cache leads out; not extracted")
+                    continue
                 tmp = target.with_name(f".{target.name}.tmp")
-                with src, tmp.open("wb") as f:
+                tmp.unlink(missing_ok=True)  # a file or a symlink planted there is not written through
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                with src, os.fdopen(fd, "wb") as f:
                     while chunk := src.read(1 << 20):
                         f.write(chunk)
                 tmp.replace(target)
