@@ -173,12 +173,10 @@ def test_merge_takes_the_lock_and_keeps_another_model(adapter_dir, tiny_model_di
 
 @pytest.fixture
 def scored_run(tmp_path) -> Path:
-    from scoring_fixtures import KeywordScorer, candidate, draw_image, fixture_region, hand_made_texts
+    from scoring_fixtures import candidate, draw_image, fixture_region, hand_made_texts
 
     from spr.data.jsonl import write_jsonl
-    from spr.scoring import register_semantic_scorer
 
-    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
     region = fixture_region(draw_image(tmp_path / "images" / "scene.png"))
     texts = hand_made_texts()
     write_jsonl(tmp_path / "regions.jsonl", [region])
@@ -414,3 +412,33 @@ def test_ref_l4_extraction_never_writes_through_a_symlink_in_the_cache(tmp_path)
     assert victim.read_text() == "keep me" and not (tmp_path / "b.png").exists()
     assert (cache / "a.png").read_bytes() == b"image" and list(done) == ["a.png"]
     assert any("leads out" in p for p in problems)
+
+
+def test_a_checkpoint_holding_a_pickle_torch_refuses_is_one_line(tiny_model_dir, tmp_path, capsys):
+    import pickle
+    import shutil
+
+    data = make_dpo_jsonl(tmp_path, n=2)
+    out = tmp_path / "out"
+    args = ["train", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(data), "--out", str(out),
+            "--max-steps", "2", "--save-steps", "1", "--per-device-train-batch-size", "2", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    shutil.rmtree(out / "checkpoint-2")
+    (out / "spr_train.json").unlink()
+    (out / "checkpoint-1" / "rng_state.pth").write_bytes(pickle.dumps(Path("not/a/tensor")))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-1: a file holds a pickle" in err and "Traceback" not in err
+
+
+def test_an_adapter_to_continue_must_be_safetensors(tiny_model_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.bin").write_bytes(b"a pickle")
+    data = make_dpo_jsonl(tmp_path, n=2)
+    assert main(["train", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(data), "--out",
+                 str(tmp_path / "out"), "--adapter", str(adapter)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "adapter_model.bin (pickle)" in err and "Traceback" not in err

@@ -135,6 +135,10 @@ def settings(config: TrainConfig) -> dict:
     out = output_settings(config)
     out.pop("out")
     out["model"] = fingerprint(config.model)
+    if config.adapter:  # safetensors only: a pickled adapter_model.bin would run code when loaded
+        from .models.loading import check_weights
+
+        check_weights(Path(config.adapter), safe=("adapter_model.safetensors",), unsafe=("adapter_model.bin",))
     out["adapter"] = file_sha256(Path(config.adapter) / "adapter_model.safetensors") if config.adapter else None
     out["data"] = file_sha256(Path(config.data)) if Path(config.data).exists() else config.data
     return out

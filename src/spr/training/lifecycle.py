@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import distributed
 from ..config import to_dict
+from ..errors import UserError
 from .callbacks import quiet_transformers_logs
 from .checkpoints import WEIGHTS, cut_log, last_complete_checkpoint
 from .finite import StopOnNonFinite, check_loss
@@ -105,6 +106,23 @@ def restore_final(trainer, checkpoint: Path, out: Path):
     return TrainOutput(trainer.state.global_step, total / max(last, 1), {})
 
 
+def resumed(trainer, checkpoint: Path | None):
+    """``trainer.train()`` from ``checkpoint``; a file there that torch's weights-only loader refuses (a pickle
+    that is more than tensors: planted, or from another version) is one line naming the checkpoint."""
+    import pickle
+
+    try:
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except pickle.UnpicklingError as e:
+        if checkpoint is None:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{checkpoint}: a file holds a pickle that torch's weights-only loader refuses ({first[:120]}); "
+            "remove this checkpoint to resume from the one before, or pass --overwrite"
+        ) from None
+
+
 def save_record(trainer, config, out: Path, summary: dict) -> None:
     """Beside the trained weights (main process): the processor (tokenizer, chat template) and the record, last
     (its presence says the run is complete)."""
@@ -150,7 +168,7 @@ def run_training(
             if resume_from is not None and at_last_step(resume_from):
                 result = restore_final(trainer, resume_from, out)
             else:
-                result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                result = resumed(trainer, resume_from)
                 trainer.save_model(str(out))  # the adapter or full model, plus the processing class
             summary = summarize(trainer, result, time.perf_counter() - start)
             save_record(trainer, config, out, summary)
