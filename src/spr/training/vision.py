@@ -57,8 +57,6 @@ def vision_frozen(model, spec) -> bool:
 def shared_vision(modules):
     """Within the block, the ``get_image_features`` of each of ``modules`` (a policy's and a frozen reference's
     multimodal models: the same frozen weights) computes a doubled batch's features once and shares them."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     shared: dict[tuple, object] = {}
 
     def wrap(original):
@@ -73,8 +71,13 @@ def shared_vision(modules):
                 half_kwargs = {k: _first_half(v) for k, v in kwargs.items()}
                 with torch.no_grad():
                     half = original(*half_args, **half_kwargs)
-                # the forwards read only the pooled features (the image tokens' embeddings)
-                out = BaseModelOutputWithPooling(pooler_output=_twice(half.pooler_output))
+                # the forwards read the pooled features (the image tokens' embeddings) and, for Qwen3-VL, the
+                # deepstack features (per tower layer, per image)
+                fields = {"pooler_output": _twice(half.pooler_output)}
+                deep = getattr(half, "deepstack_features", None)
+                if deep is not None:
+                    fields["deepstack_features"] = [_twice(f) for f in deep]
+                out = type(half)(**fields)
             except _NotDoubled:
                 return original(*args, **kwargs)
             shared[key] = out
