@@ -60,14 +60,17 @@ def test_records_serialise_as_asdict_did():
 
 
 def test_writer_reads_a_file_line_by_line_and_still_repairs_it(tmp_path):
-    from spr.data.jsonl import JsonlWriter
+    from spr.data.jsonl import JsonlWriter, ids_in
 
     path = tmp_path / "c.jsonl"
-    path.write_bytes(b'{"id": "a"}\n{"id": "b", "te{"id": "c"}\n{"id": "a"}\n\n{"id": "d"}\n{"id": "e", "x')
+    torn = b'{"id": "b", "te\n'  # a line cut short in the middle of the file
+    escaped = b'{"id": "q\\"x", "n": 1}\n'  # an id the quick path leaves to the JSON decoder
+    path.write_bytes(b'{"id": "a"}\n' + torn + b'{"id": "a"}\n\n' + escaped + b'{"id": "d"}\n{"id": "e", "x')
     with JsonlWriter(path) as writer:
-        assert writer.ids == {"a", "d"} and writer.dropped_partial and writer.repaired == 2
+        assert writer.ids == {"a", 'q"x', "d"} and writer.dropped_partial and writer.repaired == 2
         writer.write({"id": "e"})
-    assert path.read_bytes() == b'{"id": "a"}\n{"id": "d"}\n{"id": "e"}\n'
+    assert path.read_bytes() == b'{"id": "a"}\n' + escaped + b'{"id": "d"}\n{"id": "e"}\n'
+    assert ids_in([path]) == {"a", 'q"x', "d", "e"}
     path.write_bytes(b'{"id": "half')  # no newline at all
     with JsonlWriter(path) as writer:
         assert writer.ids == set() and writer.dropped_partial

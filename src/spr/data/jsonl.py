@@ -7,6 +7,7 @@ the writer cuts it off when it reopens the file, and readers report it instead o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -133,17 +134,15 @@ class JsonlWriter:
                 if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(raw)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not a JSON object")
+                    rid = line_id(raw)
                 except (ValueError, UnicodeDecodeError, RecursionError) as e:
                     bad.append((lineno, f"line {lineno}: {e}"))
                     continue
-                if "id" in obj:
-                    if str(obj["id"]) in self.ids:
-                        bad.append((lineno, f"line {lineno}: a second record with id {obj['id']!r}"))
+                if rid is not None:
+                    if rid in self.ids:
+                        bad.append((lineno, f"line {lineno}: a second record with id {rid!r}"))
                         continue
-                    self.ids.add(str(obj["id"]))
+                    self.ids.add(rid)
         if bad:
             # A torn line in the middle (a crash, a disk error) is written again, so it goes, or the file would
             # hold an unreadable line forever; a repeated id (two writers before locks existed) keeps the first.
@@ -229,12 +228,31 @@ def shards_of(path: str | Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.stem}.shard*-of-*{path.suffix}"))
 
 
+def line_id(raw: bytes) -> str | None:
+    """The id of one JSONL line (None: it has none). A line as this module writes it (``{"id": "...", ...}``,
+    complete) gives its id without decoding the rest (10x quicker: a resume reads a million of them); any other
+    is decoded in full, and a line that is not a JSON object raises ValueError."""
+    line = raw.rstrip(b"\r\n")
+    if line.startswith(b'{"id": "') and line.endswith(b"}"):
+        end = line.find(b'"', 8)
+        if end > 0 and b"\\" not in line[8:end]:
+            return line[8:end].decode("utf-8")
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return str(obj["id"]) if "id" in obj else None
+
+
 def ids_in(paths) -> set[str]:
-    """The record ids in the files ``paths`` that exist (unreadable lines skipped)."""
+    """The record ids in the files ``paths`` that exist (unreadable lines skipped), read line by line."""
     ids: set[str] = set()
     for p in paths:
         if Path(p).exists():
-            ids.update(str(o["id"]) for o in iter_jsonl(p, skip_bad=True) if "id" in o)
+            with Path(p).open("rb") as f:
+                for raw in f:
+                    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+                        if raw.strip() and (rid := line_id(raw)) is not None:
+                            ids.add(rid)
     return ids
 
 
