@@ -442,3 +442,25 @@ def test_an_adapter_to_continue_must_be_safetensors(tiny_model_dir, tmp_path, ca
                  str(tmp_path / "out"), "--adapter", str(adapter)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "adapter_model.bin (pickle)" in err and "Traceback" not in err
+
+
+def test_a_report_on_swapped_input_files_is_refused(scored_run, capsys):
+    run = scored_run
+    assert main(["report", "--regions", str(run / "scores.jsonl"), "--scores", str(run / "regions.jsonl"),
+                 "--out", str(run / "swapped.html")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "not one region record in it" in err and "Traceback" not in err
+    assert not (run / "swapped.html").exists()
+
+
+def test_pairs_from_scores_that_are_all_equal_says_why_there_are_none(scored_run, capsys):
+    run = scored_run
+    rows = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.update(total=0.5, semantic=0.5, localization=0.5)
+    (run / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = ["--regions", str(run / "regions.jsonl"), "--candidates", str(run / "candidates.jsonl")]
+    assert main(["pairs", *files, "--scores", str(run / "scores.jsonl"), "--out", str(run / "pairs.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no pair from 1 prompt(s)" in err and "--min-margin" in err
+    assert (run / "pairs.jsonl").read_text() == ""  # a valid, empty result

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,4 +237,12 @@ def run(config: PairConfig) -> int:
     summary_file.write_text(json.dumps(summary, indent=2))
     print(markdown_table(["pairs", "value"], [[k, v] for k, v in summary.items()]))
     print(f"wrote {len(pairs)} pairs to {out} and the DPO dataset to {dpo}")
+    if not pairs:  # written (a valid empty result), but a DPO dataset of no rows trains nothing: say why now
+        why = ", ".join(f"{k} {v}" for k, v in stats.items() if k in SKIP_REASONS and v)
+        print(
+            f"warning: no pair from {stats['groups']} prompt(s) of {config.scores} ({why or 'no scored prompt'}); "
+            "`spr train` has nothing to learn from. When every candidate of a prompt scores the same, sample more "
+            f"or more varied candidates, or lower --min-margin ({config.min_margin})",
+            file=sys.stderr,
+        )
     return 0

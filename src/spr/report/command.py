@@ -67,6 +67,10 @@ def _read(path: Path | None, cls, required: bool, notes: list[str]):
         return []
     bad: list[str] = []
     records = read_records(path, cls, skip_bad=True, problems=bad)
+    if bad and not records:  # not one record of the kind: another stage's file (swapped), not a damaged one
+        raise UserError(f"{path}: not one {cls.kind} record in it (another stage's file?); first: {bad[0]}")
+    if required and not records:
+        raise UserError(f"{path}: no {cls.kind} records; nothing to report")
     if bad:
         notes.append(f"{path.name}: {len(bad)} malformed record(s) skipped")
         for msg in bad[:3]:
