@@ -179,6 +179,23 @@ SAMPLES = {
         {},
         [("a man", MAN), ("two cups", CUPS[0]), ("two cups", CUPS[1])],
     ),
+    # Qwen3-VL / Qwen3.5: relative 0-1000 (250/1000*640 = 160 ...); the think block's numbers are not the answer
+    "qwen3_vl": (
+        "<think>\nThe man is at [1, 2, 3, 4]?\n</think>\n\n"
+        '```json\n[\n\t{"bbox_2d": [250, 250, 750, 1000], "label": "man"},\n'
+        '\t{"bbox_2d": [100, 500, 200, 750], "label": "cup"}\n]\n```',
+        (W, H),
+        {},
+        [("man", MAN), ("cup", CUPS[0])],
+    ),
+    # GLM-4.xV: per-mille of width / height inside the box tokens; several boxes of one block share its phrase
+    "glm4v": (
+        "<think>two cups and a man</think>A man <|begin_of_box|>[[250,250,750,1000]]<|end_of_box|> holds "
+        "two cups: <|begin_of_box|>[[100,500,200,750],[300,500,400,750]]<|end_of_box|>",
+        (W, H),
+        {},
+        [("A man", MAN), ("holds two cups", CUPS[0]), ("holds two cups", CUPS[1])],
+    ),
     "plain_pixel": (
         "a man [160, 120, 480, 480], two cups [64, 240, 128, 360] and [192.5, 240, 256, 360]",
         (W, H),
@@ -208,6 +225,8 @@ BUILT_IN = {
     "plain_pixel",
     "qwen2_5_vl",
     "qwen2_vl",
+    "qwen3_vl",
+    "glm4v",
     "shikra",
 }
 
@@ -268,6 +287,8 @@ def tolerance(fmt, size, geometry=None):
     w, h = size
     grid = {
         "qwen2_vl": 1000,
+        "qwen3_vl": 1000,
+        "glm4v": 1000,
         "internvl": 1000,
         "ferret": 1000,
         "cogvlm": 1000,
@@ -368,6 +389,30 @@ BROKEN = [
     ("qwen2_5_vl", '[{"bbox_2d": [1, 2, 3], "label": "x"}]', 0, "four numbers"),
     ("qwen2_5_vl", "<answer>[322, 238]</answer>", 0, "a point"),
     ("qwen2_5_vl", '{"bbox_2d": [161, 119, 483, 476], "label": "ma', 0, "cut off"),
+    (
+        "qwen3_vl",
+        '```json\n[{"bbox_2d": [250, 250, 750, 1000], "label": "man"}, {"bbox_2d": [1',
+        1,
+        "cut off",
+    ),
+    ("qwen3_vl", '<think>the man is at [250, 250, 750, 1000], so {"bbox_2d": [2', 0, "thinking"),
+    (
+        "qwen3_vl",
+        '[{"point_2d": [500, 500], "label": "dot"}, {"bbox_2d": [750, 250, 250, 1000]}]',
+        1,
+        "point_2d",
+    ),
+    ("qwen3_vl", '[{"bbox_2d": [750, 250, 250, 1000]}]', 1, "swapped"),
+    (
+        "glm4v",
+        "<|begin_of_box|>42<|end_of_box|> <|begin_of_box|>[[1,2,3,4]]<|end_of_box|>",
+        1,
+        "no coordinates",
+    ),
+    ("glm4v", "The answer is <|begin_of_box|>B. a red car<|end_of_box|>", 0, "no coordinates"),
+    ("glm4v", "a man <|begin_of_box|>[[250,250,750", 0, "truncated"),
+    ("glm4v", "<think>it is <|begin_of_box|>[[1,2,3,4]]<|end_of_box|>", 0, "thinking"),
+    ("glm4v", "a man <|begin_of_box|>[[750,250,250,1000]]<|end_of_box|>", 1, "swapped"),
     ("internvl", "[[100, 100, 200]]", 0, "cannot read"),
     ("qwen2_vl", "<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)", 0, "truncated"),
     ("qwen2_vl", "<|box_start|>(1,2),(3)<|box_end|>", 0, "4 numbers"),
@@ -402,12 +447,102 @@ def test_qwen2_5_vl_reads_python_style_objects_and_swapped_corners():
     assert any("swapped" in p for p in parsed.problems)
 
 
+def test_qwen3_vl_reads_0_to_1000_and_writes_0_to_999():
+    """The authors' evaluator divides by 1000, so 1000 is the edge and 999 is 0.1% short of it; SPR writes at most
+    999, the largest number the models write, and that reads back within one grid step of the edge."""
+    whole = F.parse('[{"bbox_2d": [0, 0, 1000, 1000]}]', "qwen3_vl", (W, H))
+    assert whole.problems == [] and whole[0].box == (0.0, 0.0, W, H)
+    almost = F.parse('[{"bbox_2d": [0, 0, 999, 999]}]', "qwen3_vl", (W, H))
+    assert almost[0].box == pytest.approx((0.0, 0.0, 0.999 * W, 0.999 * H))
+    assert F.format_box((0, 0, W, H), "qwen3_vl", (W, H)) == "[0, 0, 999, 999]"
+    assert F.format_box(MAN, "qwen3_vl", (W, H)) == "[250, 250, 750, 999]"
+    # no pixel budget: the numbers do not depend on the processor's resize
+    with pytest.raises(ValueError, match="no geometry option input_size"):
+        F.parse("[]", "qwen3_vl", (W, H), input_size=(644, 476))
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "<think>\n\n</think>\n\n",
+        "Let me look [10, 20, 30, 40].\n</think>\n\n",
+        "<think>a</think><think>b</think>",
+    ],
+)
+def test_qwen3_vl_reads_the_answer_after_thinking_with_its_span_in_the_whole_text(prefix):
+    """Qwen3.5 thinks by default; its prompt opens <think>, so the answer may carry a lone </think>."""
+    text = prefix + '```json\n[{"bbox_2d": [250, 250, 750, 1000], "label": "man"}]\n```'
+    parsed = F.parse(text, "qwen3_vl", (W, H))
+    assert parsed.problems == [] and [g.phrase for g in parsed] == ["man"]
+    assert_box(parsed[0].box, MAN)
+    assert text[slice(*parsed[0].span)] == "[250, 250, 750, 1000]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"bbox_2d": [250, 250, 750, 1000], "label": "man"}',  # no fence, no list
+        'The man:\n```json\n[\n  {"bbox_2d": [250, 250, 750, 1000], "label": "man"}\n]\n```\nDone.',
+        "<answer>[250, 250, 750, 1000]</answer>",  # an R1-style REC answer, same grid
+        "[250, 250, 750, 1000]",
+    ],
+)
+def test_qwen3_vl_reads_fenced_bare_and_answer_forms(text):
+    parsed = F.parse(text, "qwen3_vl", (W, H))
+    assert parsed.problems == [] and len(parsed) == 1
+    assert_box(parsed[0].box, MAN)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[[250,250,750,1000]]",
+        "[250,250,750,1000]",
+        "(250,250,750,1000)",
+        "<250,250,750,1000>",
+        " 250, 250, 750, 1000 ",
+    ],
+)
+def test_glm4v_reads_every_bracket_style(body):
+    text = f"The man is at <|begin_of_box|>{body}<|end_of_box|>."
+    parsed = F.parse(text, "glm4v", (W, H))
+    assert parsed.problems == [] and len(parsed) == 1
+    assert_box(parsed[0].box, MAN)
+    edited = text[: parsed[0].span[0]] + F.format_box(CUPS[0], "glm4v", (W, H)) + text[parsed[0].span[1] :]
+    assert_box(F.parse(edited, "glm4v", (W, H))[0].box, CUPS[0])
+
+
+def test_glm4v_multi_object_answer_has_no_labels_and_boxes_without_tokens_are_read_when_there_are_none():
+    parsed = F.parse("<|begin_of_box|>[[100,500,200,750],[300,500,400,750]]<|end_of_box|>", "glm4v", (W, H))
+    assert [g.phrase for g in parsed] == [None, None] and parsed.problems == []
+    assert [g.box for g in parsed] == [pytest.approx(b) for b in CUPS]
+    bare = F.parse("The man: [[250, 250, 750, 1000]]", "glm4v", (W, H))
+    assert len(bare) == 1 and bare.problems == []
+    assert_box(bare[0].box, MAN)
+    # with box tokens present, only their insides count: a quoted list elsewhere is prose
+    assert (
+        len(
+            F.parse(
+                "not [1, 2, 3, 4] but <|begin_of_box|>[[250,250,750,1000]]<|end_of_box|>", "glm4v", (W, H)
+            )
+        )
+        == 1
+    )
+
+
 def test_prose_in_brackets_is_not_a_box():
     parsed = F.parse("the [sic] sign [1, 2, 30, 40]", "ferret", (W, H))
     assert len(parsed) == 1 and parsed.problems == []
 
 
 FRAGMENTS = [
+    "<think>",
+    "</think>",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+    "```json",
+    "```",
     "<|box_start|>",
     "<|box_end|>",
     "<|object_ref_start|>",

@@ -1,6 +1,7 @@
 """Box formats against the model authors' own output forms and parsers (docs/formats.md, "Checked against the
 model authors' code"): CogVLM's grounding_parser, InternVL's RefCOCO evaluator, VLM-R1's REC evaluator for
-Qwen2.5-VL, big_vision's PaliGemma encoder and evaluator.
+Qwen2.5-VL, Qwen3-VL's ODinW evaluator, GLM-V's box-token extraction and README convention, big_vision's PaliGemma
+encoder and evaluator.
 
 Every text is written as the model writes it; every expected box is in original pixels of a 640x480 image,
 computed from the authors' definition with W and H on their own axes, so a swapped x/y or W/H fails. The
@@ -217,6 +218,124 @@ def test_qwen2_5_vl_only_the_answer_counts_when_there_is_one():
     parsed = F.parse(text, "qwen2_5_vl", (W, H), min_pixels=3136, max_pixels=200704)  # 504x364 input
     assert_boxes(parsed, [(161 / 504 * W, 119 / 364 * H, 483 / 504 * W, H)], tol=1e-6)
     assert "clipped" in " ".join(parsed.problems)  # 476 is beyond a 364-pixel-high input: clipped to H
+
+
+# ---- Qwen3-VL / Qwen3.5 ---------------------------------------------------------------------------------------------
+
+
+def qwen3_vl_odinw(answer, image_size=(W, H)):
+    """QwenLM/Qwen3-VL evaluation/ODinW-13/run_odinw.py (relative mode, is_rel=1, as Qwen3-VL is evaluated): remove
+    the ```json fences, ast.literal_eval the rest, keep each object's bbox_2d of length 4 (with its label), and
+    scale by / 1000 * [img_w, img_h, img_w, img_h]. Any failure to evaluate gives no boxes."""
+    import ast
+
+    w, h = image_size
+    try:
+        objects = ast.literal_eval(answer.replace("```json", "").replace("```", ""))
+        out = [(o["label"], o["bbox_2d"]) for o in objects if len(o.get("bbox_2d", [])) == 4]
+    except Exception:  # noqa: BLE001  as the evaluator: any failure is no prediction
+        return []
+    return [(label, (b[0] / 1000 * w, b[1] / 1000 * h, b[2] / 1000 * w, b[3] / 1000 * h)) for label, b in out]
+
+
+QWEN3_ANSWERS = [
+    '```json\n[\n\t{"bbox_2d": [250, 250, 750, 1000], "label": "man"}\n]\n```',
+    '```json\n[\n\t{"bbox_2d": [250, 250, 750, 999], "label": "man"},\n\t{"bbox_2d": [100, 500, 200, 750], "label": "cup"}\n]\n```',
+    '[{"bbox_2d": [0, 0, 1000, 1000], "label": "the whole scene"}, {"bbox_2d": [3, 7, 11, 13], "label": "speck"}]',
+    "[{'bbox_2d': [100, 500, 200, 750], 'label': 'cup'}]",  # Python quotes: literal_eval reads them, so does spr
+]
+
+
+@pytest.mark.parametrize("text", QWEN3_ANSWERS)
+def test_qwen3_vl_agrees_with_the_authors_odinw_evaluator(text):
+    want = qwen3_vl_odinw(text)
+    assert want, "the evaluator reads this answer"
+    parsed = F.parse(text, "qwen3_vl", (W, H))
+    assert parsed.problems == []
+    assert [g.phrase for g in parsed] == [label for label, _ in want]
+    assert_boxes(parsed, [box for _, box in want])
+
+
+def test_qwen3_vl_random_renders_agree_with_the_authors_evaluator():
+    rng = random.Random(3)
+    for _ in range(50):
+        boxes = []
+        for _ in range(rng.randint(1, 4)):
+            x1, y1 = rng.uniform(0, W - 20), rng.uniform(0, H - 20)
+            boxes.append((f"obj{len(boxes)}", (x1, y1, rng.uniform(x1 + 10, W), rng.uniform(y1 + 10, H))))
+        text = F.render(boxes, "qwen3_vl", (W, H))
+        want = qwen3_vl_odinw(text)
+        assert_boxes(F.parse(text, "qwen3_vl", (W, H)), [box for _, box in want])
+        assert_boxes(F.parse(text, "qwen3_vl", (W, H)), [box for _, box in boxes], tol=W / 1000)
+
+
+# ---- GLM-4.1V / 4.5V / 4.6V ----------------------------------------------------------------------------------------
+
+
+def glm_v_boxes(answer, image_size=(W, H)):
+    """zai-org/GLM-V: glmv_reward/src/glmv_reward/utils/text.py find_boxed_content (every stretch between
+    <|begin_of_box|> and <|end_of_box|>, stripped), read as the README's "Grounding" section defines the numbers:
+    [x1, y1, x2, y2], each normalized by the width (x) or height (y) and scaled by 1000, in brackets of any style.
+    A stretch that is not four-number groups is not a box."""
+    w, h = image_size
+    out = []
+    for inside in re.findall(r"<\|begin_of_box\|>(.*?)<\|end_of_box\|>", answer, re.S):
+        nums = [float(v) for v in re.findall(r"\d+(?:\.\d+)?", inside)]
+        if not nums or len(nums) % 4 or re.search(r"[^\d\s.,\[\]()<>]", inside.strip()):
+            continue
+        for i in range(0, len(nums), 4):
+            x1, y1, x2, y2 = nums[i : i + 4]
+            out.append((x1 / 1000 * w, y1 / 1000 * h, x2 / 1000 * w, y2 / 1000 * h))
+    return out
+
+
+GLM_ANSWERS = [
+    # GLM-4.5V answering the README's prompt "Help me to locate <expr> in the image and give me its bounding boxes."
+    "<think>The man in the blue coat stands on the left.</think>The man is located at "
+    "<|begin_of_box|>[[250,250,750,1000]]<|end_of_box|>.",
+    # GLM-4.1V-Thinking's answer block
+    "<think>...</think><answer><|begin_of_box|>[250,250,750,1000]<|end_of_box|></answer>",
+    "<|begin_of_box|>(250,250,750,1000)<|end_of_box|>",
+    # several objects, no labels
+    "<|begin_of_box|>[[100,500,200,750],[300,500,400,750]]<|end_of_box|>",
+    "<|begin_of_box|>[[100, 500, 200, 750], [300, 500, 400, 750], [0, 0, 1000, 1000]]<|end_of_box|>",
+]
+
+
+@pytest.mark.parametrize("text", GLM_ANSWERS)
+def test_glm4v_agrees_with_glm_vs_box_tokens_and_per_mille_convention(text):
+    parsed = F.parse(text, "glm4v", (W, H))
+    assert parsed.problems == []
+    assert_boxes(parsed, glm_v_boxes(text))
+
+
+def test_glm4v_box_tokens_around_other_answers_are_not_boxes():
+    """GLM-V's reward code reads <|begin_of_box|>42<|end_of_box|> as the answer 42: the same tokens, no box."""
+    for text in [
+        "<|begin_of_box|>42<|end_of_box|>",
+        "<|begin_of_box|>B<|end_of_box|>",
+        "<|begin_of_box|>1, 2<|end_of_box|>",
+    ]:
+        parsed = F.parse(text, "glm4v", (W, H))
+        assert glm_v_boxes(text) == [] and len(parsed) == 0
+        assert any("no coordinates" in p for p in parsed.problems)
+
+
+def test_glm4v_random_renders_agree_with_glm_vs_reading():
+    rng = random.Random(4)
+    for _ in range(50):
+        boxes = []
+        for _ in range(rng.randint(1, 4)):
+            x1, y1 = rng.uniform(0, W - 20), rng.uniform(0, H - 20)
+            boxes.append(
+                (
+                    rng.choice(["a cup", "a man", None]),
+                    (x1, y1, rng.uniform(x1 + 10, W), rng.uniform(y1 + 10, H)),
+                )
+            )
+        text = F.render(boxes, "glm4v", (W, H))
+        assert_boxes(F.parse(text, "glm4v", (W, H)), glm_v_boxes(text))
+        assert_boxes(F.parse(text, "glm4v", (W, H)), [box for _, box in boxes], tol=W / 1000)
 
 
 # ---- PaliGemma -----------------------------------------------------------------------------------------------------

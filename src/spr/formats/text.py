@@ -113,3 +113,22 @@ def join_inline(pieces: list[tuple[str | None, str]]) -> str:
             out += " " if phrase else ". "
         out += piece
     return out
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+UNFINISHED_THINKING = "thinking block never closed (truncated output?): no answer to read"
+
+
+def answer_start(text: str) -> tuple[int, str | None]:
+    """Where the answer of a thinking model begins, and a problem when there is none.
+
+    Models that think (Qwen3.5, Qwen3-VL-Thinking, GLM-4.1V-Thinking, GLM-4.5V/4.6V) write ``<think>...</think>``
+    before the answer; the chat template may have opened the block already, so a lone ``</think>`` counts too.
+    The answer is what follows the last ``</think>`` (coordinates quoted while thinking are not the answer); a
+    ``<think>`` never closed means the output stopped while thinking."""
+    end = text.rfind(THINK_CLOSE)
+    if end >= 0:
+        return end + len(THINK_CLOSE), None
+    if THINK_OPEN in text:
+        return len(text), UNFINISHED_THINKING
+    return 0, None

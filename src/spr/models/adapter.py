@@ -11,6 +11,18 @@ from .families import FamilySpec
 PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
+def repeat_cache(cache, n: int) -> None:
+    """Repeat every row of a KV cache ``n`` times (row i becomes rows i*n .. i*n+n-1), the states of
+    linear-attention layers included (Qwen3.5's gated delta net: transformers 5.23 repeats only keys and values)."""
+    for layer in cache.layers:
+        if hasattr(layer, "batch_repeat_interleave"):
+            layer.batch_repeat_interleave(n)
+        for states in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None)):
+            for k, v in (states or {}).items():
+                if v is not None:
+                    states[k] = v.repeat_interleave(n, dim=0)
+
+
 class ModelAdapter:
     """A loaded model, its processor and what SPR needs to know about its family.
 
@@ -184,7 +196,7 @@ class ModelAdapter:
         # the positions generate gives a left-padded prompt (M-RoPE ones for Qwen2-VL, which also sets rope_deltas)
         prefill["position_ids"] = self.model._prepare_position_ids_for_generation(prefill["input_ids"], dict(prefill))
         cache = self.model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(n)
+        repeat_cache(cache, n)
         self._repeat_rope_deltas(n)
         return self.model.generate(
             input_ids=ids.repeat_interleave(n, dim=0),

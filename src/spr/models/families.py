@@ -54,6 +54,77 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-VL writes no default system turn; Qwen3.5 thinks by default: the generation prompt opens <think>, and an
+# assistant turn is rendered as its reasoning (the text before </think>, maybe empty) in a think block, then the
+# answer, as the released templates do, so that prompt + answer stays a prefix of the rendered conversation.
+QWEN3_TOKENS = [*QWEN_TOKENS, "<think>", "</think>"]
+
+_QWEN3_USER = (
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+)
+
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    + _QWEN3_USER
+    + "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN3_5_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% set ns = namespace(text='') %}"
+    "{% if message['content'] is string %}{% set ns.text = message['content'] %}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'text' %}{% set ns.text = ns.text + c['text'] %}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{% set reasoning = '' %}{% set answer = ns.text %}"
+    "{% if '</think>' in ns.text %}"
+    "{% set reasoning = ns.text.split('</think>')[0].split('<think>')[-1].strip('\n') %}"
+    "{% set answer = ns.text.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "<|im_start|>assistant\n<think>\n{{ reasoning }}\n</think>\n\n{{ answer }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n" + _QWEN3_USER + "<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+GLM4V_TOKENS = [
+    "<|endoftext|>",
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|begin_of_image|>",
+    "<|end_of_image|>",
+    "<|image|>",
+    "<|begin_of_video|>",
+    "<|end_of_video|>",
+    "<|video|>",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+    "<think>",
+    "</think>",
+]
+
+# GLM's turns: [gMASK]<sop>, then <|role|>\n per turn; the model thinks on its own after <|assistant|>. The released
+# templates end an answer where the next <|user|> begins; the tiny one ends it with <|endoftext|> (the eos), so
+# that preference training teaches where an answer stops.
+GLM4V_CHAT_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}<|endoftext|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}\n"
@@ -120,6 +191,10 @@ INTERNVL_CHAT_TEMPLATE = (
 )
 
 
+# The grounding prompt of the Qwen2.5-VL cookbook, which Qwen3-VL and Qwen3.5 answer in the same JSON.
+QWEN_REC = 'Locate "{expression}" in the image, and output its bbox coordinates in JSON format.'
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     name: str
@@ -152,6 +227,11 @@ class FamilySpec:
     shared_prefill: bool = True
     """Sampling N answers per prompt prefills the prompt (images included) once and repeats its KV cache N times
     (:meth:`ModelAdapter.generate`); False keeps the prefill of every answer row on its own."""
+    router_aux_loss: bool = True
+    """MoE models: training adds TRL's load-balancing loss (Mixtral's) with the checkpoint's coefficient. False for
+    GLM-4.5V, whose routers balance without it (sigmoid scores, grouped top-k, as DeepSeek-V3) and whose config
+    names its experts ``n_routed_experts``, not the ``num_experts`` TRL 1.16 reads (it stops with an
+    AttributeError); ``spr train`` and ``spr grpo`` then set ``router_aux_loss_coef`` 0."""
     tiny: Callable | None = None
     """``tiny(spec, tokenizer) -> (config, processor)`` of a tiny random model (:mod:`spr.models.tiny`)."""
 
@@ -180,7 +260,7 @@ FAMILIES: dict[str, FamilySpec] = {
             model_class="Qwen2_5_VLForConditionalGeneration",
             processor_class="Qwen2_5_VLProcessor",
             default_fmt="qwen2_5_vl",
-            rec_template='Locate "{expression}" in the image, and output its bbox coordinates in JSON format.',
+            rec_template=QWEN_REC,
             special_tokens=tuple(QWEN_TOKENS),
             chat_template=QWEN_CHAT_TEMPLATE,
             eos_token="<|im_end|>",
@@ -254,6 +334,52 @@ FAMILIES: dict[str, FamilySpec] = {
             has_video_processor=True,
             tiny=T.internvl,
         ),
+        *[
+            FamilySpec(
+                name=name,
+                model_types=(name,),
+                model_class=model_class,
+                processor_class="Qwen3VLProcessor",
+                default_fmt="qwen3_vl",
+                rec_template=QWEN_REC,
+                special_tokens=tuple(QWEN3_TOKENS),
+                chat_template=template,
+                eos_token="<|im_end|>",
+                pad_token="<|endoftext|>",
+                has_video_processor=True,
+                vision_modules=("model.visual",),
+                tiny=T.qwen3,
+            )
+            for name, model_class, template in [
+                ("qwen3_vl", "Qwen3VLForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
+                ("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
+                ("qwen3_5", "Qwen3_5ForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
+                ("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
+            ]
+        ],
+        *[
+            FamilySpec(
+                name=name,
+                model_types=(name,),
+                model_class=model_class,
+                processor_class=processor,
+                default_fmt="glm4v",
+                rec_template="Help me to locate {expression} in the image and give me its bounding boxes.",
+                special_tokens=tuple(GLM4V_TOKENS),
+                chat_template=GLM4V_CHAT_TEMPLATE,
+                eos_token="<|endoftext|>",
+                pad_token="<|endoftext|>",
+                has_video_processor=True,
+                vision_modules=("model.visual",),
+                router_aux_loss=name != "glm4v_moe",
+                tiny=T.glm4v,
+            )
+            for name, model_class, processor in [
+                ("glm4v", "Glm4vForConditionalGeneration", "Glm4vProcessor"),
+                ("glm4v_moe", "Glm4vMoeForConditionalGeneration", "Glm4vProcessor"),
+                ("glm46v", "Glm46VForConditionalGeneration", "Glm46VProcessor"),
+            ]
+        ],
     ]
 }
 

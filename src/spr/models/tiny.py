@@ -114,6 +114,141 @@ def qwen(spec, tokenizer):
     return qwen_config(spec.name, tokenizer, spec), processor
 
 
+# Qwen3-VL and Qwen3.5 (dense and MoE): config class, and the text-config fields each adds to TEXT.
+QWEN3_TEXT = {
+    "Qwen3VLConfig": dict(head_dim=16),
+    # one dense MLP layer, then experts: both MLP kinds, and LoRA reaches an MLP (experts are fused parameters)
+    "Qwen3VLMoeConfig": dict(
+        head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0]
+    ),
+    # a linear-attention (gated delta net) layer and a full-attention one, as the released models alternate them
+    "Qwen3_5Config": dict(
+        head_dim=32,
+        layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    ),
+}
+QWEN3_TEXT["Qwen3_5MoeConfig"] = dict(
+    QWEN3_TEXT["Qwen3_5Config"],
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=32,
+)
+
+
+def qwen3(spec, tokenizer):
+    """Qwen3-VL and Qwen3.5, dense and MoE (the spec's model class picks the config class). Patch 16, merge 2:
+    32 px per image token, as the released checkpoints' preprocessor configs say (the shared image processor
+    class defaults to patch 14, so the saved config must carry it). Qwen3-VL's deepstack merges the first
+    vision layer's features into the language model."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .processors import processor_class
+
+    cls_name = spec.model_class.replace("ForConditionalGeneration", "Config")
+    tid = tokenizer.convert_tokens_to_ids
+    text = dict(TEXT, vocab_size=len(tokenizer), **_ids(tokenizer, spec), **QWEN3_TEXT[cls_name])
+    qwen3_5 = cls_name.startswith("Qwen3_5")
+    # the rotary part of a head (all of it in Qwen3-VL, a quarter in Qwen3.5) split over (t, h, w), interleaved
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True}
+    if qwen3_5:
+        rope.update(mrope_section=[2, 1, 1], partial_rotary_factor=0.25)
+    else:
+        rope.update(mrope_section=[2, 3, 3])
+    text["rope_parameters"] = rope
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=TEXT["hidden_size"],
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=16,  # a 4x4 grid of learned positions, interpolated to the image's grid
+    )
+    if not qwen3_5:
+        vision["deepstack_visual_indexes"] = [0]
+    config = getattr(transformers, cls_name)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tid("<|image_pad|>"),
+        video_token_id=tid("<|video_pad|>"),
+        vision_start_token_id=tid("<|vision_start|>"),
+        vision_end_token_id=tid("<|vision_end|>"),
+    )
+    # between 4 and 16 image tokens per image, in the processor's own size convention
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 16}
+    )
+    processor = processor_class(spec)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=spec.chat_template
+    )
+    return config, processor
+
+
+# GLM-4.1V / 4.6V-Flash (glm4v), GLM-4.5V (glm4v_moe), GLM-4.6V (glm46v): config and image processor classes.
+GLM_CLASSES = {
+    "Glm4vForConditionalGeneration": ("Glm4vConfig", "Glm4vImageProcessorPil"),
+    "Glm4vMoeForConditionalGeneration": ("Glm4vMoeConfig", "Glm4vImageProcessorPil"),
+    "Glm46VForConditionalGeneration": ("Glm46VConfig", "Glm46VImageProcessorPil"),
+}
+
+
+def glm4v(spec, tokenizer):
+    """GLM-4.1V, 4.5V, 4.6V and 4.6V-Flash: patch 14, merge 2 (28 px per image token); M-RoPE over half of
+    each head, as the released configs (partial_rotary_factor 0.5)."""
+    import transformers
+
+    from .processors import processor_class
+
+    config_name, image_processor_name = GLM_CLASSES[spec.model_class]
+    tid = tokenizer.convert_tokens_to_ids
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [2, 1, 1],
+        "partial_rotary_factor": 0.5,
+    }
+    text = dict(TEXT, vocab_size=len(tokenizer), rope_parameters=rope, **_ids(tokenizer, spec))
+    if config_name == "Glm4vMoeConfig":  # one dense layer, then routed experts plus a shared one
+        text.update(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                    first_k_dense_replace=1)  # fmt: skip
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=TEXT["hidden_size"],
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        image_size=28,
+    )
+    config = getattr(transformers, config_name)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tid("<|image|>"),
+        video_token_id=tid("<|video|>"),
+        image_start_token_id=tid("<|begin_of_image|>"),
+        image_end_token_id=tid("<|end_of_image|>"),
+        video_start_token_id=tid("<|begin_of_video|>"),
+        video_end_token_id=tid("<|end_of_video|>"),
+    )
+    image_processor = getattr(transformers, image_processor_name)(
+        size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}
+    )
+    processor = processor_class(spec)(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=spec.chat_template
+    )
+    return config, processor
+
+
 def llava(spec, tokenizer):
     import transformers
 
@@ -276,7 +411,9 @@ HELP = "Build a tiny random model of a supported family (real transformers class
 class TinyModelConfig:
     """`spr tiny-model`: a tiny random model of a family, saved as a normal model directory."""
 
-    family: str = opt(required, "model family (qwen2_vl, qwen2_5_vl, llava, llava_onevision, idefics3, internvl)")
+    family: str = opt(
+        required, "model family (`spr.models.available_families()`: qwen2_vl, qwen3_vl, glm4v, ...)"
+    )
     out: str = opt(required, "directory to write the model to")
     seed: int = opt(0, "seed of the random weights")
 

@@ -1,0 +1,112 @@
+"""The families researchers ground with now (Qwen3-VL, Qwen3.5, GLM-4.xV): their geometry, their thinking, and the
+pixel budget that generate, train and eval share. Every other stage runs on them through the per-family tests
+(test_models, test_generate, test_shared_prefill, test_train, test_reference_cache, test_grpo, test_merge,
+test_evaluate_predict, test_pipeline)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from evaluate_fixtures import make_dpo_jsonl, make_rec_jsonl
+from PIL import Image
+from scoring_fixtures import draw_image, fixture_region
+
+from spr import formats, models
+from spr.cli import main
+from spr.data.jsonl import read_records, write_jsonl
+from spr.data.records import Candidate
+from spr.formats.qwen2_5_vl import smart_resize
+
+NEW = ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v", "glm4v_moe", "glm46v"]
+
+
+def test_the_new_families_are_registered_with_their_transformers_classes():
+    import transformers
+
+    for name in NEW:
+        spec = models.get_family(name)
+        assert spec.model_types == (name,)
+        assert getattr(transformers, spec.model_class) and getattr(transformers, spec.processor_class)
+        # transformers' own mapping agrees: the model_type's image-text-to-text class is the spec's
+        mapping = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        assert mapping[name] == spec.model_class
+    assert {models.get_family(n).default_fmt for n in NEW} == {"qwen3_vl", "glm4v"}
+
+
+@pytest.mark.parametrize("family,px", [("qwen3_vl", 32), ("qwen3_5_moe", 32), ("glm4v", 28), ("glm46v", 28)])
+def test_a_visual_token_covers_the_checkpoints_own_patch_times_merge(tiny_model_dir, family, px):
+    """Qwen3-VL's patch 16 comes from the saved preprocessor config, not the shared class's default of 14."""
+    adapter = models.load(tiny_model_dir(family))
+    budget = adapter.pixel_budget()
+    config = json.loads((tiny_model_dir(family) / "processor_config.json").read_text())["image_processor"]
+    assert config["patch_size"] * config["merge_size"] == px
+    assert config["size"] == {"shortest_edge": budget["min_pixels"], "longest_edge": budget["max_pixels"]}
+    inputs = adapter.build_inputs([Image.new("RGB", (640, 480))], ["hi"])
+    _, gh, gw = inputs["image_grid_thw"][0].tolist()
+    if family.startswith("glm"):  # GLM's resize counts an image's two temporal patches against the budget
+        from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize as glm_resize
+
+        h, w = glm_resize(2, 480, 640, temporal_factor=2, factor=px, **budget)
+    else:
+        h, w = smart_resize(480, 640, factor=px, **budget)
+    assert (gw * px // 2, gh * px // 2) == (w, h)
+    assert int((inputs["input_ids"] == adapter.processor.image_token_id).sum()) == (w // px) * (h // px)
+    assert adapter.geometry((640, 480)) == {}  # relative formats: the budget does not change the numbers
+
+
+def test_qwen3_5_thinks_in_its_prompt_and_its_answer_is_read_after_the_thinking(tiny_model_dir):
+    adapter = models.load(tiny_model_dir("qwen3_5"))
+    assert adapter.chat_text("Where is the cup?").endswith("<|im_start|>assistant\n<think>\n")
+    answer = 'The cup is left.\n</think>\n\n```json\n[{"bbox_2d": [100, 500, 200, 750], "label": "cup"}]\n```'
+    ids = adapter.tokenizer.encode(answer, add_special_tokens=False) + [adapter.eos_token_id]
+    text = adapter.decode(ids)
+    parsed = formats.parse(text, adapter.fmt, (640, 480))
+    assert parsed.problems == [] and [g.phrase for g in parsed] == ["cup"]
+    assert parsed[0].box == pytest.approx((64.0, 240.0, 128.0, 360.0))
+    # a conversation with that answer starts with the prompt: preference training sees prompt + answer
+    full = adapter.processor.apply_chat_template(
+        adapter.messages("Where is the cup?", answer=answer), tokenize=False
+    )
+    assert full.startswith(adapter.chat_text("Where is the cup?")) and "The cup is left.\n</think>" in full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_vl", "glm4v"])
+def test_generate_train_and_eval_refuse_data_made_under_another_budget(
+    tiny_model_dir, tmp_path, capsys, family
+):
+    model = tiny_model_dir(family)
+    default = models.load(str(model)).pixel_budget()
+    budget = {"min_pixels": default["min_pixels"], "max_pixels": default["max_pixels"] // 2}
+    flags = ["--max-pixels", str(budget["max_pixels"])]
+
+    # generate records the run's budget with every candidate
+    write_jsonl(tmp_path / "regions.jsonl", [fixture_region(draw_image(tmp_path / "scene.png"))])
+    assert main(["generate", "--model", str(model), "--regions", str(tmp_path / "regions.jsonl"), "--out",
+                 str(tmp_path / "c.jsonl"), "--samples", "1", "--max-new-tokens", "4", "--prompts", "region_box",
+                 *flags]) == 0  # fmt: skip
+    assert [c.pixel_budget for c in read_records(tmp_path / "c.jsonl", Candidate)] == [budget]
+
+    # DPO rows made under that budget: train refuses them under the checkpoint's own, trains under the run's
+    data = make_dpo_jsonl(tmp_path / "pairs", n=2, fmt=models.get_family(family).default_fmt)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows:
+        row["geometry"] = {
+            "format": models.get_family(family).default_fmt,
+            "pixel_budget": budget,
+            "codec": {},
+        }
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = ["train", "--model", str(model), "--data", str(data), "--max-steps", "1",
+             "--per-device-train-batch-size", "1"]  # fmt: skip
+    assert main([*train, "--out", str(tmp_path / "wrong")]) == 2
+    assert f"made under pixel budget {budget}" in capsys.readouterr().err
+    assert main([*train, "--out", str(tmp_path / "adapter"), *flags]) == 0
+
+    # eval records the budget; resuming under the checkpoint's is refused
+    evaluate = ["eval", "rec", "--model", str(model), "--data", str(make_rec_jsonl(tmp_path / "rec")), "--out",
+                str(tmp_path / "eval"), "--max-new-tokens", "4"]  # fmt: skip
+    assert main([*evaluate, *flags]) == 0
+    assert main(evaluate) == 2
+    assert f"max_pixels: {budget['max_pixels']} -> null" in capsys.readouterr().err
