@@ -112,8 +112,9 @@ def test_reference_base_continues_the_adapter_against_the_base(coco, tiny_model_
     assert regions == str(out / "round-1" / "regions.jsonl")  # the same regions in every round
 
 
-def test_the_shipped_7b_example_dry_runs_to_one_valid_command_per_stage(tmp_path, capsys):
-    example = REPO / "configs" / "run" / "qwen2_5_vl_7b.yaml"
+@pytest.mark.parametrize("name", ["qwen2_5_vl_7b", "qwen3_vl_8b"])
+def test_the_shipped_7b_example_dry_runs_to_one_valid_command_per_stage(tmp_path, capsys, name):
+    example = REPO / "configs" / "run" / f"{name}.yaml"
     assert main(["run", "--config", str(example), "--out", str(tmp_path / "run"), "--dry-run"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     stages = []
@@ -130,6 +131,31 @@ def test_the_shipped_7b_example_dry_runs_to_one_valid_command_per_stage(tmp_path
             assert argv[:2] == ["accelerate", "launch"] and "--num_processes" in argv  # its launcher
     assert stages.count("train") == stages.count("generate") == 2  # two rounds
     assert {"regions", "generate", "score", "pairs", "train", "merge", "eval rec"} <= set(stages)
+
+
+def test_the_shipped_7b_example_states_the_pixel_budget_once_and_every_stage_gets_it(tmp_path):
+    example = REPO / "configs" / "run" / "qwen2_5_vl_7b.yaml"
+    assert example.read_text().count("max_pixels:") == 1
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(example), "--out", str(run), "--dry-run"]) == 0
+    for stage in ("generate", "train", "eval-rec"):
+        data = yaml.safe_load((run / "round-2" / f"{stage}.yaml").read_text())
+        assert data["max_pixels"] == 1003520 and data["dtype"] == "bfloat16", stage
+    assert yaml.safe_load((run / "round-1" / "merge.yaml").read_text())["dtype"] == "bfloat16"
+    base_eval = yaml.safe_load((run / "eval" / "base" / "eval-rec.yaml").read_text())
+    assert base_eval["max_pixels"] == 1003520  # the base is evaluated with the same budget
+
+
+def test_a_run_wide_setting_set_again_in_a_section_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    regions = {"annotations": "a.json", "images": "img"}
+    bad.write_text(yaml.safe_dump({"model": "m", "regions": regions, "max_pixels": 1000, "eval": {"rec": {"max_pixels": 9}}}))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "section eval rec: max_pixels is set for the whole run at the top; set it once" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({"model": "m", "regions": regions, "family": "qwen2_vl"}))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r"), "--dry-run", "--set", "max_pixels=5000"]) == 0
+    generate = yaml.safe_load((tmp_path / "r" / "round-1" / "generate.yaml").read_text())
+    assert generate["family"] == "qwen2_vl" and generate["max_pixels"] == 5000
 
 
 def test_section_fields_the_run_sets_are_refused(tmp_path, capsys):
