@@ -60,14 +60,15 @@ def test_a_finished_training_run_stays_finished(tiny_model_dir, tmp_path):
     assert json.loads((out / "spr_train.json").read_text())["global_step"] == 8
 
 
-@pytest.mark.parametrize("rate", ["inf", "1e30"])
-def test_a_diverged_training_run_stops_with_one_line_and_saves_nothing(tiny_model_dir, tmp_path, capsys, rate):
+# inf is refused before training as every non-finite number is (config.check_numbers); 1e30 trains and diverges
+@pytest.mark.parametrize("rate, message", [("inf", "learning_rate: must be a finite number"), ("1e30", "training diverged at step")])
+def test_a_diverged_training_run_stops_with_one_line_and_saves_nothing(tiny_model_dir, tmp_path, capsys, rate, message):
     data = make_dpo_jsonl(tmp_path, n=4)
     out = tmp_path / "out"
     rc = main(["train", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(data), "--out", str(out),
                "--max-steps", "3", "--per-device-train-batch-size", "2", "--learning-rate", rate, "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and "training diverged at step" in err and "Traceback" not in err
+    assert rc == 2 and message in err and "Traceback" not in err
     assert not (out / "adapter_model.safetensors").exists() and not (out / "spr_train.json").exists()
 
 
@@ -249,7 +250,7 @@ def test_a_full_disk_is_one_line_and_the_records_written_stay(coco, tmp_path, mo
     monkeypatch.setattr(JsonlWriter, "write", full_after_one)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "re-run the same command" in err and "Traceback" not in err
+    assert "No space left on device" in err and "re-run the same command to resume" in err and "Traceback" not in err
     assert len(out.read_text().splitlines()) == 1
     monkeypatch.undo()
     assert main(args) == 0 and len(out.read_text().splitlines()) > 1  # space again: resumed
@@ -464,3 +465,25 @@ def test_pairs_from_scores_that_are_all_equal_says_why_there_are_none(scored_run
     err = capsys.readouterr().err
     assert "warning: no pair from 1 prompt(s)" in err and "--min-margin" in err
     assert (run / "pairs.jsonl").read_text() == ""  # a valid, empty result
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_taken_for_one(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from types import SimpleNamespace
+
+    from spr.training import lifecycle
+
+    class Trainer:  # torch.save's zip writer on a full disk: a RuntimeError, not ENOSPC
+        args = SimpleNamespace(output_dir=str(tmp_path))
+
+        def train(self, resume_from_checkpoint=None):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 195264 vs 195156")
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1, used=1, free=0))
+    with pytest.raises(OSError) as e:
+        lifecycle.resumed(Trainer(), None)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 40, used=0, free=1 << 40))
+    with pytest.raises(RuntimeError):  # space left: the error is what it says
+        lifecycle.resumed(Trainer(), None)

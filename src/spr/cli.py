@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f" ({e.filename})" if e.filename else ""
         print(
-            f"spr {command}: error: {e.strerror}{where}; the records written so far are whole and kept: fix this "
-            "and re-run the same command to resume",
+            f"spr {command}: error: {e.strerror}{where}; what was written is kept (a last line cut short is "
+            "repaired on resume): fix this and re-run the same command to resume",
             file=sys.stderr,
         )
         return 2

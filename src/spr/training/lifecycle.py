@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "spr_train.json"  # the config, the base model, the summary; read by `spr merge`
 # what a checkpoint holds besides the files save_model writes
+DISK_FULL = 1 << 20  # bytes free below which a failed save is taken for a full disk
 TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin")
 
 
@@ -113,6 +115,11 @@ def resumed(trainer, checkpoint: Path | None):
 
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except RuntimeError as e:  # torch.save on a full disk says "unexpected pos" in its zip writer, not ENOSPC
+        if shutil.disk_usage(trainer.args.output_dir).free < DISK_FULL:
+            raise OSError(errno.ENOSPC, f"No space left on device ({type(e).__name__} while saving)",
+                          trainer.args.output_dir) from None  # fmt: skip
+        raise
     except pickle.UnpicklingError as e:
         if checkpoint is None:
             raise
