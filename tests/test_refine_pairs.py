@@ -28,7 +28,7 @@ from spr.data.jsonl import read_records
 from spr.data.records import Candidate, Pair, Score
 from spr.pairs import PairConfig, build_pairs, dpo_row
 from spr.refine import RefineConfig, refine_candidate, usable_groundings
-from spr.scoring import RegionScorer, register_semantic_scorer
+from spr.scoring import RegionScorer
 
 REFS = np.array([box for _, box, _ in OBJECTS])
 # the pixel budget of a Qwen2.5-VL run (its boxes are in pixels of the resized input, which the budget decides)
@@ -239,7 +239,6 @@ def test_dpo_dataset_loads_with_datasets(tmp_path):
 
 
 def test_score_then_pairs_commands(tmp_path, capsys):
-    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
     run, ids = write_run(tmp_path)
     files = ["--regions", str(run / "regions.jsonl"), "--candidates", str(run / "candidates.jsonl")]
     assert main(["score", *files, "--out", str(run / "scores.jsonl"), "--semantic", "keywords"]) == 0

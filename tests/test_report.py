@@ -16,7 +16,6 @@ from PIL import Image
 from scoring_fixtures import (
     OBJECTS,
     SIZE,
-    KeywordScorer,
     candidate,
     draw_image,
     fixture_region,
@@ -32,7 +31,6 @@ from spr.report import marked_text, readable_text
 from spr.report.draw import REFERENCE, REGION, box_colour
 from spr.report.page import css
 from spr.report.svg import histogram_svg
-from spr.scoring import register_semantic_scorer
 
 SCRIPT = (
     'Look: <script>document.title="PWNED";document.body.setAttribute("data-pwned","1")</script> '
@@ -43,7 +41,6 @@ SCRIPT = (
 
 def make_report(root: Path, extra=()) -> Path:
     """A scored run whose rejected description carries markup and a script; returns the run directory."""
-    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
     run, ids = write_run(root, extra=[("script", SCRIPT), *extra], names=("precise", "near"))
     files = ["--regions", str(run / "regions.jsonl"), "--candidates", str(run / "candidates.jsonl")]
     assert main(["score", *files, "--out", str(run / "scores.jsonl"), "--semantic", "keywords"]) == 0
@@ -263,7 +260,6 @@ def test_every_counter_says_what_it_counts(tmp_path):
 
 
 def test_report_shows_one_block_per_prompt_with_a_pair(tmp_path):
-    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
     region = fixture_region(draw_image(tmp_path / "images" / "scene.png"))
     texts = hand_made_texts()
     cands = [

@@ -10,6 +10,7 @@ import pytest
 
 from spr import formats, prompts
 from spr.data.records import Region
+from spr.registry import UnknownName
 from spr.rewards import (
     REWARDS,
     completion_text,
@@ -231,8 +232,10 @@ def test_answers_are_candidate_records_in_original_pixels():
 def test_reward_names_and_unknown_rewards():
     scorer = spr_scorer(ScoreConfig(), semantic=PhraseCount())
     assert [f.__name__ for f in make_rewards(list(REWARDS), scorer=scorer)] == list(REWARDS)
-    with pytest.raises(ValueError, match="unknown reward 'bleu'"):
+    with pytest.raises(UnknownName, match="unknown reward 'bleu'; available: format, iou, iou_at_t"):
         make_rewards(["bleu"])
+    with pytest.raises(ValueError, match="reward 'iou' is already registered"):
+        REWARDS.register("iou", lambda **_: None)
 
 
 def test_the_format_reward_reads_the_model_s_format():

@@ -28,7 +28,9 @@ from spr import formats
 from spr.cli import main
 from spr.data.jsonl import iter_jsonl, read_records
 from spr.data.records import Score
+from spr.errors import UserError
 from spr.scoring import (
+    SEMANTIC_SCORERS,
     ClipScorer,
     Detection,
     LabelScorer,
@@ -38,6 +40,7 @@ from spr.scoring import (
     SemanticItem,
     description_text,
     localization_score,
+    make_semantic_scorer,
     merge_detections,
     region_references,
     register_semantic_scorer,
@@ -386,7 +389,14 @@ def test_clip_scorer_splits_long_texts_and_averages(tmp_path, clip_scorer):
 
 @pytest.fixture
 def keywords_registered():
-    register_semantic_scorer("keywords", lambda **_: KeywordScorer())
+    assert "keywords" in SEMANTIC_SCORERS  # registered by scoring_fixtures
+
+
+def test_a_scorer_under_a_taken_name_is_refused_and_an_unknown_one_lists_the_known():
+    with pytest.raises(ValueError, match="semantic scorer 'clip' is already registered"):
+        register_semantic_scorer("clip", lambda **_: KeywordScorer())
+    with pytest.raises(UserError, match="unknown semantic scorer 'bleu'; available: clip, keywords, labels, none"):
+        make_semantic_scorer("bleu")
 
 
 def score_cli(run, *extra):

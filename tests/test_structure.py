@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lower layers never import higher ones (docs/architecture.md).
 LAYERS = [
-    ("spr.errors", "spr.config", "spr.table", "spr.boxes"),
+    ("spr.errors", "spr.config", "spr.registry", "spr.table", "spr.boxes"),
     ("spr.formats",),
     ("spr.data", "spr.prompts"),
     ("spr.models",),
@@ -107,6 +107,32 @@ def test_module_level_imports_have_no_cycle():
         visit(m)
 
 
+# The one circle left, through function-level imports: FamilySpec carries what only the tiny builders use
+# (issue 25; the families' engineer is moving it). Empty this when it is gone.
+KNOWN_CIRCLES = [{"spr.models.families", "spr.models.processors", "spr.models.tiny"}]
+
+
+def test_no_import_circle_even_through_function_level_imports():
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for importer, imported, _, _ in _imports(modules):
+        if imported != importer.rsplit(".", 1)[0]:
+            graph.setdefault(importer, set()).add(imported)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for n in graph.get(todo.pop(), ()):
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return seen
+
+    reachable = {m: reach(m) for m in modules}
+    circles = {frozenset(n for n in reachable[m] if m in reachable[n]) for m in modules if m in reachable[m]}
+    assert [set(c) for c in circles if c not in map(frozenset, KNOWN_CIRCLES)] == []
+
+
 # ----------------------------------------------------------------------------------------------- commands
 
 
@@ -185,7 +211,7 @@ def test_yaml_and_flags_combine_and_bad_values_name_the_option(tmp_path, capsys)
 
 
 def command_paths():
-    """"", "eval", "eval rec", "toy", ...: every command and every command group, as typed after `spr`."""
+    """Every command and command group as typed after `spr` ("" for `spr` itself, "eval", "eval rec", ...)."""
     out = [""]
 
     def walk(prefix, target):
@@ -293,7 +319,7 @@ def throwaway_task():
 
     task = register_task(BoxCount())
     yield task
-    TASKS.pop("boxcount")
+    TASKS.unregister("boxcount")
 
 
 def test_a_task_added_through_the_registry_runs_from_the_cli(throwaway_task, tiny_model_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -309,6 +310,8 @@ def load_yaml(text: str | bytes, source: str):
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UserError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+    if _bracket_depth(text) > MAX_YAML_DEPTH:  # before YAML's scanner, which is quadratic in bracket nesting
+        raise UserError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep")
     try:
         data = yaml.safe_load(text)
     except RecursionError:
@@ -317,6 +320,15 @@ def load_yaml(text: str | bytes, source: str):
         raise UserError(f"{source}: not a readable YAML file: {' '.join(str(e).split())}") from None
     check_size(data, source)
     return data
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of [ and { in ``text`` (brackets inside quotes count too: an over-estimate)."""
+    depth = deepest = 0
+    for m in re.finditer(r"[\[\]{}]", text):
+        depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def check_size(value, source: str) -> None:

@@ -27,6 +27,7 @@ shapes world's shipped models).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -56,6 +57,8 @@ RUN_SET = {
     "merge": ("adapter", "base", "out"),
 }
 LAUNCHERS = ("python", "accelerate", "torchrun")
+# settings of the whole run, stated once at the top and handed to every stage whose command has the option
+RUN_WIDE = ("family", "dtype", "min_pixels", "max_pixels")
 MAX_ROUNDS = 100  # a bound, so that a typo (rounds=100000000) is refused rather than planned for hours
 
 
@@ -72,6 +75,15 @@ class RunConfig:
         "previous", "DPO reference of round k+1: round k's model, or the base (round k's adapter trained on)"
     )
     method: list[str] = opt(["dpo"], "dpo (SPR's pairs and DPO) or grpo (online RL, `spr grpo`); one, or one per round")
+    family: str | None = opt(None, "model family of every stage", default_text="each stage's own (config.json)")
+    dtype: str | None = opt(None, "dtype of every stage that loads or saves the model", default_text="each stage's own")
+    min_pixels: int | None = opt(
+        None, "image processor pixel budget, lower end, of every stage", default_text="each stage's own", min=1
+    )
+    max_pixels: int | None = opt(
+        None, "image processor pixel budget, upper end, of every stage (a model that writes boxes in pixels of the "
+        "resized input needs one budget for generate, train and eval)", default_text="each stage's own", min=1,
+    )  # fmt: skip
     world: dict | None = opt(None, "a shapes world to generate first into {run}/world (`spr toy world` fields)")
     regions: dict = opt({}, "`spr regions` fields: annotations, images, objects_per_region, seed ...")
     eval_regions: dict | None = opt(None, "`spr regions` fields for held-out regions (the description task's data)")
@@ -97,13 +109,18 @@ class RunConfig:
         C.check_numbers(self)
         if len(self.method) not in (1, self.rounds) or set(self.method) - {"dpo", "grpo"}:
             raise ValueError(f"method: dpo or grpo, once or once per round ({self.rounds}); got {self.method}")
-        for name in STAGE_SECTIONS:
-            taken = sorted(set(getattr(self, name)) & set(RUN_SET[name]))
-            if taken:
-                raise ValueError(f"section {name}: {', '.join(taken)} are set by the run (the round's files)")
         for task, fields in self.eval.items():
             if not isinstance(fields, dict | None):
                 raise ValueError(f"eval {task}: expected a mapping of `spr eval {task}` fields, got {fields!r}")
+        given = {k for k in RUN_WIDE if getattr(self, k) is not None}
+        sections = {**{n: getattr(self, n) for n in STAGE_SECTIONS}, **{f"eval {t}": v for t, v in self.eval.items()}}
+        for name, fields in sections.items():
+            taken = sorted(set(fields or {}) & set(RUN_SET.get(name, ())))
+            if taken:
+                raise ValueError(f"section {name}: {', '.join(taken)} are set by the run (the round's files)")
+            twice = sorted(set(fields or {}) & given)
+            if twice:
+                raise ValueError(f"section {name}: {', '.join(twice)} is set for the whole run at the top; set it once")
         for stage, spec in self.launcher.items():
             if not isinstance(spec, dict | None):
                 raise ValueError(f"launcher {stage}: expected a mapping {{kind: ..., num_processes: ...}}, got {spec!r}")
@@ -124,7 +141,6 @@ class Step:
     stage: str  # the command: "generate", "eval rec" ...
     config: object  # an instance of the stage's Config
     section: str = ""  # the launcher section
-    after: str = ""  # a function of this module run after the step (results)
 
 
 def _fill(value, values: dict):
@@ -146,7 +162,7 @@ def apply_overrides(config: RunConfig) -> RunConfig:
     for item in config.set:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
-        if sep and not dot and key in ("rounds", "reference", "method", "fresh_regions", "model", "title"):
+        if sep and not dot and key in ("rounds", "reference", "method", "fresh_regions", "model", "title", *RUN_WIDE):
             changes[key] = _yaml_value(raw)  # a top-level field: rounds=2
             continue
         if not (sep and dot and name):
@@ -182,25 +198,40 @@ def _yaml_value(raw: str):
     return value
 
 
-def _stage_config(stage: str, section: str, values: dict):
+def _stage_config(stage: str, section: str, values: dict, shared: dict | None = None):
+    """The config of command ``stage`` from its section's ``values``, with the run-wide settings (``shared``)
+    that its Config declares."""
     cls = command(stage).Config
+    declared = {f.name for f in dataclasses.fields(cls)}
+    values = {**{k: v for k, v in (shared or {}).items() if k in declared}, **values}
     return C.build(cls, values, source=f"run config, section {section}")
+
+
+def run_wide(config: RunConfig) -> dict:
+    """The run-wide settings given (family, dtype, pixel budget): handed to every stage that has the option."""
+    return {k: getattr(config, k) for k in RUN_WIDE if getattr(config, k) is not None}
 
 
 def plan(config: RunConfig) -> list[Step]:
     """Every step of the run, in order, with its config (files filled in)."""
     run = Path(config.out).resolve()
-    values = {"run": run, "world": run / "world", "assets": ASSETS}
-    c = replace(config, **{k: _fill(getattr(config, k), values) for k in
-                           ("model", "world", "regions", "eval_regions", "generate", "score", "pairs", "train",
-                            "grpo", "merge", "eval")})  # fmt: skip
+    placeholders = {"run": run, "world": run / "world", "assets": ASSETS}
+    filled = ("model", "world", "regions", "eval_regions", "generate", "score", "pairs", "train", "grpo", "merge")
+    c = replace(config, **{k: _fill(getattr(config, k), placeholders) for k in (*filled, "eval")})
+    shared = run_wide(c)
+
+    def step(name: str, stage: str, section: str, values: dict, launcher: str | None = None) -> Step:
+        config = _stage_config(stage, section, values, shared)
+        return Step(name, stage, config, section if launcher is None else launcher)
+
     steps: list[Step] = []
     if c.world is not None:
-        steps.append(Step("world", "toy world", _stage_config("toy world", "world", {**c.world, "out": str(run / "world")})))
+        steps.append(step("world", "toy world", "world", {**c.world, "out": str(run / "world")}, launcher=""))
     eval_regions = None
     if c.eval_regions is not None:
         eval_regions = run / "eval" / "regions.jsonl"
-        steps.append(Step("eval-regions", "regions", _stage_config("regions", "eval_regions", {**c.eval_regions, "out": str(eval_regions)}), "regions"))  # fmt: skip
+        values = {**c.eval_regions, "out": str(eval_regions)}
+        steps.append(step("eval-regions", "regions", "eval_regions", values, launcher="regions"))
 
     def evaluations(model: str, where: Path, label: str) -> list[Step]:
         out = []
@@ -208,20 +239,20 @@ def plan(config: RunConfig) -> list[Step]:
             fields = dict(fields or {})
             if task == "description" and "data" not in fields and eval_regions is not None:
                 fields["data"] = str(eval_regions)
-            cfg = _stage_config(f"eval {task}", f"eval.{task}", {**fields, "model": model, "out": str(where / task)})
-            out.append(Step(f"{label}/eval {task}", f"eval {task}", cfg, "eval"))
+            values = {**fields, "model": model, "out": str(where / task)}
+            out.append(step(f"{label}/eval {task}", f"eval {task}", f"eval.{task}", values, launcher="eval"))
         return out
 
     steps += evaluations(c.model, run / "eval" / "base", "eval/base")
     policy, adapter = c.model, None
+    seed_regions = C.coerce(c.regions.get("seed", 0), int, "run config, section regions: seed")
+    seed_generate = C.coerce(c.generate.get("seed", 0), int, "run config, section generate: seed")
     for k in range(1, c.rounds + 1):
         d = run / f"round-{k}"
-        seed_regions = C.coerce(c.regions.get("seed", 0), int, "run config, section regions: seed")
-        seed_generate = C.coerce(c.generate.get("seed", 0), int, "run config, section generate: seed")
         if k == 1 or c.fresh_regions:
             regions = d / "regions.jsonl"
-            steps.append(Step(f"round-{k}/regions", "regions", _stage_config("regions", "regions", {
-                **c.regions, "out": str(regions), "seed": seed_regions + k - 1}), "regions"))  # fmt: skip
+            values = {**c.regions, "out": str(regions), "seed": seed_regions + k - 1}
+            steps.append(step(f"round-{k}/regions", "regions", "regions", values))
         method = c.method[0] if len(c.method) == 1 else c.method[k - 1]
         if c.reference == "base":  # keep training round k-1's adapter on the base; the base stays the reference
             train_model, merge_base = c.model, c.model
@@ -233,35 +264,34 @@ def plan(config: RunConfig) -> list[Step]:
                 fields["regions"] = str(regions)
             if adapter is not None:
                 raise UserError("reference: base continues round k's adapter, which `spr grpo` does not: use previous")
-            steps.append(Step(f"round-{k}/grpo", "grpo", _stage_config("grpo", "grpo", {
-                **fields, "model": train_model, "out": str(d / "adapter")}), "grpo"))  # fmt: skip
+            values = {**fields, "model": train_model, "out": str(d / "adapter")}
+            steps.append(step(f"round-{k}/grpo", "grpo", "grpo", values))
         else:
-            steps += dpo_steps(c, k, d, regions, policy, train_model, adapter, seed_generate)
+            steps += dpo_steps(c, step, k, d, regions, policy, train_model, adapter, seed_generate)
         if c.train.get("method") == "full" and method == "dpo":  # the trained directory is the whole model
             policy, adapter = str(d / "adapter"), None
         else:
-            steps.append(Step(f"round-{k}/merge", "merge", _stage_config("merge", "merge", {
-                **c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}), "merge"))  # fmt: skip
+            values = {**c.merge, "adapter": str(d / "adapter"), "base": merge_base, "out": str(d / "model")}
+            steps.append(step(f"round-{k}/merge", "merge", "merge", values))
             policy, adapter = str(d / "model"), str(d / "adapter")
         steps += evaluations(policy, d / "eval", f"round-{k}")
     return steps
 
 
-def dpo_steps(c: RunConfig, k: int, d: Path, regions: Path, policy: str, train_model: str, adapter, seed: int) -> list[Step]:
-    """SPR's round: candidates of the policy, scores, pairs, DPO."""
+def dpo_steps(c: RunConfig, step, k: int, d: Path, regions: Path, policy: str, train_model: str, adapter, seed: int):
+    """SPR's round: candidates of the policy, scores, pairs, DPO (``step`` makes a Step, see :func:`plan`)."""
     files = {n: str(d / f"{n}.jsonl") for n in ("candidates", "scores", "pairs", "dpo")}
+    inputs = {"regions": str(regions), "candidates": files["candidates"]}
+    generate = {**c.generate, "model": policy, "regions": str(regions), "out": files["candidates"], "seed": seed + k - 1}
+    score = {**c.score, **inputs, "out": files["scores"]}
+    pairs = {**c.pairs, **inputs, "scores": files["scores"], "out": files["pairs"], "dpo_out": files["dpo"]}
+    train = {**c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}
     return [
-        Step(f"round-{k}/generate", "generate", _stage_config("generate", "generate", {
-            **c.generate, "model": policy, "regions": str(regions), "out": files["candidates"],
-            "seed": seed + k - 1}), "generate"),
-        Step(f"round-{k}/score", "score", _stage_config("score", "score", {
-            **c.score, "regions": str(regions), "candidates": files["candidates"], "out": files["scores"]}), "score"),
-        Step(f"round-{k}/pairs", "pairs", _stage_config("pairs", "pairs", {
-            **c.pairs, "regions": str(regions), "candidates": files["candidates"], "scores": files["scores"],
-            "out": files["pairs"], "dpo_out": files["dpo"]}), "pairs"),
-        Step(f"round-{k}/train", "train", _stage_config("train", "train", {
-            **c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}), "train"),
-    ]  # fmt: skip
+        step(f"round-{k}/generate", "generate", "generate", generate),
+        step(f"round-{k}/score", "score", "score", score),
+        step(f"round-{k}/pairs", "pairs", "pairs", pairs),
+        step(f"round-{k}/train", "train", "train", train),
+    ]
 
 
 def command_line(step: Step, config_file: Path, launchers: dict) -> list[str]:

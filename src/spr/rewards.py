@@ -50,8 +50,8 @@ from . import boxes as B
 from .data.records import Candidate, Region
 from .formats.base import is_repair
 from .refine import Usable, problem_kind, usable_groundings
+from .registry import Registry
 
-REWARDS = ("spr", "iou", "iou_at_t", "iou_squared", "format")
 # usable_groundings' own words for a stored box it had to fix or leave out (the codec's are formats.is_repair's)
 FIXED_KINDS = {"box outside the image", "degenerate box", "non-finite box"}
 REC_PROMPT_ID = "rec"
@@ -261,6 +261,15 @@ def spr_scorer(score_config=None, semantic=None):
     return RegionScorer(semantic, config)
 
 
+# name -> factory(decode, scorer, threshold, lenient) -> Reward; a reward of one's own is registered here
+REWARDS: Registry[Callable[..., Reward]] = Registry("reward")
+REWARDS.register("spr", lambda decode, scorer, **_: SprReward(scorer if scorer is not None else spr_scorer(), decode))
+REWARDS.register("iou", lambda decode, lenient, **_: IouReward(decode, lenient))
+REWARDS.register("iou_at_t", lambda decode, threshold, lenient, **_: IouAtReward(threshold, decode, lenient))
+REWARDS.register("iou_squared", lambda decode, lenient, **_: IouSquaredReward(decode, lenient))
+REWARDS.register("format", lambda decode, **_: FormatReward(decode))
+
+
 def make_rewards(
     names: Sequence[str],
     decode: Callable | None = None,
@@ -271,18 +280,5 @@ def make_rewards(
     """The reward functions named ``names`` (of :data:`REWARDS`), in order. ``scorer``: the RegionScorer of
     ``spr`` (default :func:`spr_scorer`); ``threshold``: the t of ``iou_at_t``; ``lenient``: the iou rewards
     score a repaired box (module docstring)."""
-    out: list[Reward] = []
-    for name in names:
-        if name == "spr":
-            out.append(SprReward(scorer if scorer is not None else spr_scorer(), decode))
-        elif name == "iou":
-            out.append(IouReward(decode, lenient))
-        elif name == "iou_at_t":
-            out.append(IouAtReward(threshold, decode, lenient))
-        elif name == "iou_squared":
-            out.append(IouSquaredReward(decode, lenient))
-        elif name == "format":
-            out.append(FormatReward(decode))
-        else:
-            raise ValueError(f"unknown reward {name!r}; rewards: {', '.join(REWARDS)}")
-    return out
+    options = dict(decode=decode, scorer=scorer, threshold=threshold, lenient=lenient)
+    return [REWARDS.get(name)(**options) for name in names]

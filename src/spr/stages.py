@@ -12,23 +12,26 @@ from __future__ import annotations
 import importlib
 
 from .errors import UserError
+from .registry import Registry
 
 # command name -> module implementing it, in the order `spr --help` lists them.
-COMMANDS: dict[str, str] = {
-    "regions": "spr.regions",
-    "generate": "spr.generate",
-    "score": "spr.scoring.command",
-    "pairs": "spr.pairs",
-    "report": "spr.report.command",
-    "train": "spr.train",
-    "grpo": "spr.grpo",
-    "merge": "spr.merge",
-    "eval": "spr.evaluate.cli",
-    "run": "spr.pipeline",
-    "demo": "spr.toy.demo",
-    "toy": "spr.toy.cli",
-    "tiny-model": "spr.models.tiny",
-}
+COMMANDS: Registry[str] = Registry("command")
+for _name, _module in [
+    ("regions", "spr.regions"),
+    ("generate", "spr.generate"),
+    ("score", "spr.scoring.command"),
+    ("pairs", "spr.pairs"),
+    ("report", "spr.report.command"),
+    ("train", "spr.train"),
+    ("grpo", "spr.grpo"),
+    ("merge", "spr.merge"),
+    ("eval", "spr.evaluate.cli"),
+    ("run", "spr.pipeline"),
+    ("demo", "spr.toy.demo"),
+    ("toy", "spr.toy.cli"),
+    ("tiny-model", "spr.models.tiny"),
+]:
+    COMMANDS.register(_name, _module)
 
 
 def resolve(target):
@@ -39,9 +42,7 @@ def resolve(target):
 def command(name: str):
     """The command for ``"generate"`` or ``"eval rec"`` (a group's subcommand)."""
     first, *rest = name.split()
-    if first not in COMMANDS:
-        raise UserError(f"unknown command {first!r}; commands: {', '.join(COMMANDS)}")
-    obj = resolve(COMMANDS[first])
+    obj = resolve(COMMANDS.get(first))
     for part in rest:
         subcommands = getattr(obj, "SUBCOMMANDS", {})
         if part not in subcommands:

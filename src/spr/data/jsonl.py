@@ -73,15 +73,6 @@ def read_records(
     return out
 
 
-def count_records(path: str | Path) -> int:
-    """Non-empty lines of ``path`` (0 when it does not exist): how many records a stage wrote."""
-    path = Path(path)
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
 def write_jsonl(path: str | Path, records: Iterable[Record | dict]) -> int:
     """Write records to ``path`` atomically (temporary file, then rename). Returns the count."""
     path = Path(path)

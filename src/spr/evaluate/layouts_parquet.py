@@ -30,6 +30,8 @@ from pathlib import Path
 from spr import boxes as B
 from spr.errors import UserError
 
+from .samples import RecSample
+
 LMMS_REQUIRED = ("image", "bbox")
 EXPRESSION_COLUMNS = ("answer", "sentences")
 _EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
@@ -192,11 +194,6 @@ def image_path(
 # -------------------------------------------------------------------------------------------- lmms-lab
 
 
-def is_lmms_columns(names) -> bool:
-    names = set(names)
-    return set(LMMS_REQUIRED) <= names and bool(names & set(EXPRESSION_COLUMNS))
-
-
 def _expressions(value) -> list[str]:
     if value is None:
         return []
@@ -221,8 +218,6 @@ def read_lmms(
 ):
     """Referring expressions from lmms-lab's RefCOCO / RefCOCO+ / RefCOCOg parquet files: ``path`` is one file
     or a directory of them (``files`` overrides the search). One sample per expression of ``answer``."""
-    from .readers import RecSample
-
     path = Path(path)
     problems = problems if problems is not None else []
     store = ImageStore(cache_dir)

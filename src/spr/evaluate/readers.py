@@ -23,50 +23,15 @@ the data file's directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from spr import boxes as B
 from spr.data.files import inside, is_key, read_json
 from spr.data.jsonl import iter_jsonl
 from spr.errors import UserError
 
-from . import safe_pickle
-
-Box = tuple[float, float, float, float]
-
-
-@dataclass
-class RecSample:
-    """One referring expression and the box of its referent."""
-
-    id: str
-    image: str
-    expression: str
-    box: Box
-    split: str = "all"
-    file_name: str | None = None
-    """The image's name in the benchmark, where the image path does not carry it (images embedded in parquet
-    are cached under their hash): the train/eval overlap check compares names."""
-    source_id: Any = None
-    """The annotation id as the benchmark spells it (Ref-L4's submission file wants its integer ids)."""
-    benchmark: str = ""
-    """Set where a benchmark-specific output applies (``"ref-l4"``: the submission file)."""
-    size: float | None = None
-    """The referent's size as the benchmark computes it, ``sqrt(w * h)`` on its own ``[x, y, w, h]`` (Ref-L4):
-    the size buckets read it, since the width of the converted box can differ in the last bit. None: from box."""
-
-
-@dataclass
-class CaptionSample:
-    """One region and its reference captions."""
-
-    id: str
-    image: str
-    box: Box
-    captions: list[str] = field(default_factory=list)
-    split: str = "all"
+from . import layouts_parquet, refl4, safe_pickle
+from .samples import Box, CaptionSample, RecSample  # RecSample and CaptionSample are read from here too
 
 
 def resolve_image(image: str, base_dir: Path) -> str:
@@ -238,9 +203,6 @@ def is_refer_layout(path: str | Path) -> bool:
     return path.is_dir() and any(path.glob("refs(*).p"))
 
 
-LAYOUTS = ("jsonl", "refer", "lmms-lab", "ref-l4")
-
-
 def rec_layout(path: str | Path) -> tuple[str, list[Path]]:
     """Which referring expression layout ``path`` holds, and its files:
 
@@ -250,9 +212,6 @@ def rec_layout(path: str | Path) -> tuple[str, list[Path]]:
     - a ``.json`` file holding a list of Ref-L4 annotations: ``ref-l4``;
     - any other file: the simple REC ``jsonl`` layout.
     """
-    from . import layouts_parquet as LP
-    from . import refl4
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
@@ -260,9 +219,9 @@ def rec_layout(path: str | Path) -> tuple[str, list[Path]]:
         return "refer", [path]
     if path.is_file() and path.suffix.lower() == ".json" and refl4.is_refl4_json(path):
         return "ref-l4", [path]
-    files = LP.parquet_files(path) if (path.is_dir() or path.suffix.lower() == ".parquet") else []
+    files = layouts_parquet.parquet_files(path) if (path.is_dir() or path.suffix.lower() == ".parquet") else []
     if files:
-        kinds = {f: ("ref-l4" if refl4.is_refl4_columns(LP.columns_of(f)) else "lmms-lab") for f in files}
+        kinds = {f: ("ref-l4" if refl4.is_refl4_columns(layouts_parquet.columns_of(f)) else "lmms-lab") for f in files}
         if len(set(kinds.values())) > 1:
             raise UserError(
                 f"{path}: holds parquet files of two layouts (Ref-L4: "
@@ -291,8 +250,6 @@ def read_rec(
     receives images the data embeds (lmms-lab parquet) or packs (Ref-L4's images.tar.gz); ``limit`` lets the
     parquet layouts stop reading early (the runner still takes the first ``limit`` samples). An id given twice
     is reported and its later samples skipped: predictions are resumed by id."""
-    from . import layouts_parquet, refl4
-
     problems = problems if problems is not None else []
     layout, files = rec_layout(path)
     if layout == "refer":

@@ -218,7 +218,7 @@ class RecTask(Task):
         n_nobox = sum(r.get("status") == "no_box" for r in records)
         metrics["problems"] = [f"{n_nobox} answer(s) held no readable box (counted as misses)"] if n_nobox else []
         if getattr(config, "out", None) and any(r.get("benchmark") == refl4.BENCHMARK for r in records):
-            refl4.submit(config, records, metrics)
+            refl4.submit(config, records, metrics, readers.rec_layout(config.data)[1])
         return metrics
 
 

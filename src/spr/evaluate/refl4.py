@@ -37,6 +37,7 @@ from spr.data.files import inside, read_json
 from spr.errors import UserError
 
 from .layouts_parquet import iter_rows, open_parquet, split_of, xywh_box
+from .samples import RecSample
 
 BENCHMARK = "ref-l4"
 REQUIRED = ("id", "caption", "bbox", "file_name")
@@ -95,8 +96,6 @@ def read_refl4(
     limit: int | None = None,
 ):
     """Referring expressions from Ref-L4 annotation files (parquet or JSON)."""
-    from .readers import RecSample
-
     problems = problems if problems is not None else []
     out: list[RecSample] = []
     unresolved: dict[str, list[int]] = {}  # file_name -> indices into out whose image was not found
@@ -214,12 +213,10 @@ def _extract(tar_path: Path, names: set[str], dest: Path, problems: list[str]) -
     return done
 
 
-def submit(config, records: list[dict], metrics: dict) -> None:
-    """Write the Ref-L4 submission of an `spr eval rec` run (``config.data``, ``config.splits``) into
-    ``config.out``; ``metrics`` gets ``refl4_submission`` (its path, None when not written), ``refl4_misses``
-    and a line in ``problems`` for what it had to fill in or why it wrote nothing."""
-    from .readers import rec_layout
-
+def submit(config, records: list[dict], metrics: dict, files: list[Path]) -> None:
+    """Write the Ref-L4 submission of an `spr eval rec` run (``files``: the annotation files of ``config.data``,
+    ``config.splits``) into ``config.out``; ``metrics`` gets ``refl4_submission`` (its path, None when not
+    written), ``refl4_misses`` and a line in ``problems`` for what it had to fill in or why it wrote nothing."""
     problems = metrics.setdefault("problems", [])
     if getattr(config, "limit", None) is not None:
         metrics["refl4_submission"] = None
@@ -228,7 +225,6 @@ def submit(config, records: list[dict], metrics: dict) -> None:
             "evaluator needs every id of the split it scores; run without --limit for a submission"
         )
         return
-    _, files = rec_layout(config.data)
     path, misses = write_submission(Path(config.out) / SUBMISSION_FILE, records, files, config.splits)
     metrics["refl4_submission"], metrics["refl4_misses"] = str(path), misses
     if misses:

@@ -21,6 +21,7 @@ from spr.data.guard import StageOutput, fingerprint
 from spr.data.images import DEFAULT_MAX_PIXELS
 from spr.data.jsonl import JsonlWriter, iter_jsonl
 from spr.errors import UserError
+from spr.registry import Registry
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -132,21 +133,15 @@ class Task:
         return 0
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("evaluation task")
 
 
 def register_task(task: Task) -> Task:
-    if not task.name or task.name in TASKS:
-        raise ValueError(f"evaluation task {task.name!r} is unnamed or already registered")
-    TASKS[task.name] = task
-    return task
+    return TASKS.register(task.name, task)
 
 
 def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UserError(f"unknown evaluation task {name!r}; available: {', '.join(sorted(TASKS))}") from None
+    return TASKS.get(name)
 
 
 # --------------------------------------------------------------------------------------------- the runner

@@ -29,6 +29,7 @@ from PIL import Image
 
 from .. import boxes as B
 from ..data.records import Region
+from ..registry import Registry
 from .references import ReferenceSet
 from .text import clauses, split_to_fit
 
@@ -200,16 +201,16 @@ class LabelScorer(SemanticScorer):
         return out
 
 
-# name -> factory(options dict) -> SemanticScorer
-SEMANTIC_SCORERS: dict[str, Callable[..., SemanticScorer]] = {
-    "clip": lambda clip_model=None, device="cpu", **_: ClipScorer(
-        _require(clip_model, "clip"), device=device
-    ),
-    "labels": lambda label_model=None, device="cpu", label_mode="f1", **_: LabelScorer(
-        label_model, device=device, mode=label_mode
-    ),
-    "none": lambda **_: NoSemantic(),
-}
+# name -> factory(**options) -> SemanticScorer
+SEMANTIC_SCORERS: Registry[Callable[..., SemanticScorer]] = Registry("semantic scorer")
+SEMANTIC_SCORERS.register(
+    "clip", lambda clip_model=None, device="cpu", **_: ClipScorer(_require(clip_model, "clip"), device=device)
+)
+SEMANTIC_SCORERS.register(
+    "labels",
+    lambda label_model=None, device="cpu", label_mode="f1", **_: LabelScorer(label_model, device=device, mode=label_mode),
+)
+SEMANTIC_SCORERS.register("none", lambda **_: NoSemantic())
 
 
 def _require(path, name):
@@ -221,17 +222,10 @@ def _require(path, name):
 
 
 def register_semantic_scorer(name: str, factory: Callable[..., SemanticScorer]) -> None:
-    """Add a scorer under ``name``; ``factory(**options)`` builds it (options it does not use are ignored)."""
-    SEMANTIC_SCORERS[name] = factory
+    """Add a scorer under ``name`` (a taken name is an error); ``factory(**options)`` builds it (options it
+    does not use are ignored)."""
+    SEMANTIC_SCORERS.register(name, factory)
 
 
 def make_semantic_scorer(name: str, **options) -> SemanticScorer:
-    try:
-        factory = SEMANTIC_SCORERS[name]
-    except KeyError:
-        from ..errors import UserError
-
-        raise UserError(
-            f"unknown semantic scorer {name!r}; available: {', '.join(sorted(SEMANTIC_SCORERS))}"
-        ) from None
-    return factory(**options)
+    return SEMANTIC_SCORERS.get(name)(**options)
