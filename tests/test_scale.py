@@ -37,7 +37,7 @@ def test_annotations_of_missing_images_are_skipped_in_linear_time(tmp_path):
 def test_a_repeated_region_id_is_named_in_linear_time(tmp_path):
     path = tmp_path / "regions.jsonl"
     n = 60_000  # was: ids.count per id, about 40 s at this size
-    region = dict(image="x.png", image_size=[10, 10], region_box=[0, 0, 5, 5], objects=[])
+    region = dict(image="x.png", image_size=[10, 10], region_box=[0, 0, 5, 5], objects=[], image_id=1)
     write_jsonl(path, [Region(id=f"r{i}", **region) for i in [*range(n), 17, 5]])
     start = time.perf_counter()
     with pytest.raises(UserError, match=r"region ids must be unique; repeated: r17, r5$"):
@@ -75,3 +75,53 @@ def test_writer_reads_a_file_line_by_line_and_still_repairs_it(tmp_path):
     with JsonlWriter(path) as writer:
         assert writer.ids == set() and writer.dropped_partial
     assert path.read_bytes() == b""
+
+
+@pytest.mark.parametrize("pairing", ["paper", "self_refined", "best_vs_worst"])
+def test_pairs_from_files_equal_pairs_from_records_in_memory(tmp_path, pairing):
+    """`spr pairs` reads its files one record at a time (summaries first, then the chosen and rejected
+    records): the pairs and counts are those of build_pairs on every record in memory."""
+    import random
+
+    from spr.data.records import Candidate, Score
+    from spr.pairs import PairConfig, build_pairs, pairs_from_files
+
+    rng = random.Random(0)
+    regions = [Region(id=f"r{i}", image=f"{i}.png", image_size=[100, 80], region_box=[1, 1, 50, 50], objects=[])
+               for i in range(6)]  # fmt: skip
+    candidates, scores = [], []
+    for r in regions:
+        for prompt in ("region_box", "crop"):
+            for sample in range(4):
+                cid = f"{r.id}/{prompt}/{sample}"
+                text = "same" if r.id == "r2" else f"a cup {rng.random():.3f}"  # r2: identical texts
+                candidates.append(Candidate(id=cid, region_id=r.id, prompt_id=prompt, prompt="Describe.",
+                                            sample=sample, text=text, image=r.image))  # fmt: skip
+                for refined in (False, True) if r.id != "r3" else (False,):  # r3: nothing refined
+                    total = round(rng.random(), 3)
+                    scores.append(Score(id=cid + "#refined" * refined, candidate_id=cid, region_id=r.id,
+                                        refined=refined, text=text + " fixed" * refined, semantic=0.5,
+                                        localization=total - 0.5, total=total))  # fmt: skip
+    scores.append(Score(id="ghost/x/0", candidate_id="ghost/x/0", region_id="ghost", refined=False, text="?",
+                        semantic=0, localization=0, total=0))  # fmt: skip
+    write_jsonl(tmp_path / "c.jsonl", candidates)
+    write_jsonl(tmp_path / "s.jsonl", scores)
+    config = PairConfig(regions="-", candidates="-", scores="-", out="-", pairing=pairing, min_margin=0.05)
+    by_id = {r.id: r for r in regions}
+    expected = build_pairs(by_id, {c.id: c for c in candidates}, scores, config)
+    got = pairs_from_files(by_id, tmp_path / "c.jsonl", tmp_path / "s.jsonl", config)
+    assert [p.to_dict() for p in got[0]] == [p.to_dict() for p in expected[0]] and got[0]
+    assert got[1] == expected[1] and got[1]["unknown region or candidate"] == 1
+
+
+def test_pairs_from_files_refuse_a_score_that_is_not_a_number(tmp_path):
+    from spr.pairs import PairConfig, pairs_from_files
+
+    (tmp_path / "c.jsonl").write_text("")
+    line = '{"id": "r/p/0", "candidate_id": "r/p/0", "region_id": "r", "refined": false, "text": "a", '
+    (tmp_path / "s.jsonl").write_text(line + '"semantic": 0.5, "localization": 0.1, "total": NaN}\n')
+    config = PairConfig(regions="-", candidates="-", scores="-", out="-")
+    with pytest.raises(
+        UserError, match=r"s.jsonl: scores must be finite numbers; record 1 \(id 'r/p/0'\): total"
+    ):
+        pairs_from_files({}, tmp_path / "c.jsonl", tmp_path / "s.jsonl", config)

@@ -28,13 +28,14 @@ import logging
 import math
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from . import boxes as B
 from .config import opt, output_settings, required
-from .data.jsonl import JsonlError, commit_together, manifest_path, read_records
+from .data.jsonl import JsonlError, commit_together, iter_records, manifest_path, read_records
 from .data.records import Candidate, Pair, Region, Score
 from .errors import UserError
 
@@ -79,15 +80,24 @@ def prompt_key(candidate_id: str, candidates: dict[str, Candidate]) -> tuple[str
     return ("/".join(parts[:-2]), parts[-2]) if len(parts) >= 3 else None
 
 
-def _best(scores: list[Score]) -> Score:
+class ScoreSummary(NamedTuple):
+    """What choosing needs of a score (its text and boxes are read only for the chosen and the rejected)."""
+
+    id: str
+    candidate_id: str
+    refined: bool
+    total: float
+
+
+def _best(scores: list) -> ScoreSummary:
     return min(scores, key=lambda s: (-s.total, s.id))
 
 
-def _worst(scores: list[Score]) -> Score:
+def _worst(scores: list) -> ScoreSummary:
     return min(scores, key=lambda s: (s.total, s.id))
 
 
-def _pick(rule: str, originals: list[Score], refined: list[Score]) -> tuple[Score, Score] | None:
+def _pick(rule: str, originals: list, refined: list) -> tuple | None:
     """(chosen, rejected) of one group under ``rule``; None when the rule needs refined scores it lacks."""
     if rule == "paper":
         return (_best(refined) if refined else _best(originals)), _worst(originals)
@@ -100,26 +110,22 @@ def _pick(rule: str, originals: list[Score], refined: list[Score]) -> tuple[Scor
     return min(gains, key=lambda rs: (-(rs[0].total - rs[1].total), rs[1].id))
 
 
-def build_pairs(
-    regions: dict[str, Region],
-    candidates: dict[str, Candidate],
-    scores: list[Score],
-    config: PairConfig | None = None,
-) -> tuple[list[Pair], Counter]:
-    """Pairs and counts (``groups``, ``pairs``, one entry per skip reason)."""
-    cfg = config or PairConfig()
+def _choose(
+    scores: Iterable, keys: dict[str, tuple[str, str]], regions, cfg: PairConfig, stats: Counter
+) -> list:
+    """Per (region, prompt) group of ``scores`` (Score or ScoreSummary; ``keys``: candidate id -> its group),
+    in group order, ``(key, chosen, rejected)``; groups without a choice are counted in ``stats``."""
     if cfg.pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {cfg.pairing!r}")
-    groups: dict[tuple[str, str], list[Score]] = defaultdict(list)
-    stats: Counter = Counter({r: 0 for r in SKIP_REASONS})
+    groups: dict[tuple[str, str], list] = defaultdict(list)
     for s in scores:
-        key = prompt_key(s.candidate_id, candidates)
-        if key is None or key[0] not in regions or s.candidate_id not in candidates:
+        key = keys.get(s.candidate_id)
+        if key is None or key[0] not in regions:
             stats["unknown region or candidate"] += 1
             continue
         groups[key].append(s)
-    pairs = []
-    for (region_id, prompt_id), group in sorted(groups.items()):
+    choices = []
+    for key, group in sorted(groups.items()):
         stats["groups"] += 1
         originals = [s for s in group if not s.refined]
         if not originals:
@@ -129,7 +135,21 @@ def build_pairs(
         if picked is None:
             stats["no refined candidate"] += 1
             continue
-        chosen, rejected = picked
+        choices.append((key, *picked))
+    return choices
+
+
+def _pairs(
+    choices, scores: dict | None, regions, candidates: dict, cfg: PairConfig, stats: Counter
+) -> list[Pair]:
+    """The pairs of ``choices`` (from ``_choose``) whose texts differ, margin holds and crop box is usable;
+    ``scores`` by id (None: the choices are full scores) and ``candidates`` by id hold at least the chosen and
+    rejected ones."""
+    pairs = []
+    for (region_id, prompt_id), chosen_of, rejected_of in choices:
+        chosen, rejected = (
+            (chosen_of, rejected_of) if scores is None else (scores[chosen_of.id], scores[rejected_of.id])
+        )
         if chosen.text.strip() == rejected.text.strip():
             stats["identical chosen and rejected texts"] += 1
             continue
@@ -164,7 +184,48 @@ def build_pairs(
             )
         )
     stats["pairs"] = len(pairs)
-    return pairs, stats
+    return pairs
+
+
+def build_pairs(
+    regions: dict[str, Region],
+    candidates: dict[str, Candidate],
+    scores: list[Score],
+    config: PairConfig | None = None,
+) -> tuple[list[Pair], Counter]:
+    """Pairs and counts (``groups``, ``pairs``, one entry per skip reason), from records in memory."""
+    cfg = config or PairConfig()
+    stats: Counter = Counter({r: 0 for r in SKIP_REASONS})
+    keys = {c.id: (c.region_id, c.prompt_id) for c in candidates.values()}
+    choices = _choose(scores, keys, regions, cfg, stats)
+    return _pairs(choices, None, regions, candidates, cfg, stats), stats
+
+
+def pairs_from_files(
+    regions: dict[str, Region], candidates_path, scores_path, config: PairConfig
+) -> tuple[list[Pair], Counter]:
+    """``build_pairs`` on the files, which are read one record at a time: memory holds a small summary per
+    candidate and score, and the full records of the chosen and rejected answers only (each file is read
+    twice). A score that is not a finite number is refused (:func:`check_scores`)."""
+    stats: Counter = Counter({r: 0 for r in SKIP_REASONS})
+    keys = {c.id: (c.region_id, c.prompt_id) for c in iter_records(candidates_path, Candidate)}
+    bad: list[str] = []
+    summaries = []
+    for i, s in enumerate(iter_records(scores_path, Score), start=1):
+        problem = _not_finite(s)
+        if problem:
+            bad.append(f"record {i} (id {s.id!r}): {problem}")
+        summaries.append(ScoreSummary(s.id, s.candidate_id, s.refined, s.total))
+    if not summaries:
+        raise UserError(f"{scores_path}: no score records; run `spr score` first")
+    _refuse(bad, scores_path)
+    choices = _choose(summaries, keys, regions, config, stats)
+    del summaries, keys
+    wanted = {s.id for _, chosen, rejected in choices for s in (chosen, rejected)}
+    scores = {s.id: s for s in iter_records(scores_path, Score) if s.id in wanted}
+    rejected_ids = {scores[rejected.id].candidate_id for _, _, rejected in choices}
+    candidates = {c.id: c for c in iter_records(candidates_path, Candidate) if c.id in rejected_ids}
+    return _pairs(choices, scores, regions, candidates, config, stats), stats
 
 
 def dpo_row(pair: Pair) -> dict:
@@ -181,21 +242,27 @@ def dpo_row(pair: Pair) -> dict:
     }
 
 
-def check_scores(scores: list[Score], path) -> None:
-    """Refuse scores whose numbers are not finite numbers (a hand-edited or corrupt file), naming them."""
-    bad = []
-    for i, s in enumerate(scores, start=1):
-        for name in ("total", "semantic", "localization"):
-            v = getattr(s, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                bad.append(f"record {i} (id {s.id!r}): {name} = {v!r}")
-                break
+def _not_finite(s: Score) -> str | None:
+    for name in ("total", "semantic", "localization"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return f"{name} = {v!r}"
+    return None
+
+
+def _refuse(bad: list[str], path) -> None:
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise UserError(
             f"{path}: scores must be finite numbers; {'; '.join(bad[:5])}{more}. Score the candidates again "
             "with `spr score --overwrite`"
         )
+
+
+def check_scores(scores: list[Score], path) -> None:
+    """Refuse scores whose numbers are not finite numbers (a hand-edited or corrupt file), naming them."""
+    bad = [f"record {i} (id {s.id!r}): {p}" for i, s in enumerate(scores, start=1) if (p := _not_finite(s))]
+    _refuse(bad, path)
 
 
 HELP = "Build chosen/rejected preference pairs (and the DPO dataset) from scored candidates."
@@ -215,17 +282,19 @@ def run(config: PairConfig) -> int:
             raise UserError(f"{e}; expected {cls.kind} records") from None
 
     regions = {r.id: r for r in read(config.regions, Region)}
-    candidates = {c.id: c for c in read(config.candidates, Candidate)}
-    scores = read(config.scores, Score)
-    if not scores:
-        raise UserError(f"{config.scores}: no score records; run `spr score` first")
-    check_scores(scores, config.scores)
-    pairs, stats = build_pairs(regions, candidates, scores, config)
+    try:
+        pairs, stats = pairs_from_files(regions, config.candidates, config.scores, config)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except JsonlError as e:
+        raise UserError(f"{e}; expected candidate and score records") from None
     out, dpo = Path(config.out), config.dpo_path()
     summary_file = out.with_suffix(".summary.json")
     with StageOutput(out, "pairs", output_settings(config), resume=False):
         commit_together(
-            {out: (p.to_dict() for p in pairs), dpo: (dpo_row(p) for p in pairs)}, manifest_path(dpo), owner=out
+            {out: (p.to_dict() for p in pairs), dpo: (dpo_row(p) for p in pairs)},
+            manifest_path(dpo),
+            owner=out,
         )
     summary = {"min_margin (setting)": config.min_margin, "pairing": config.pairing, **stats}
     if pairs:

@@ -34,43 +34,52 @@ def iter_jsonl(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        is_last_partial = lineno == len(lines) and not data.endswith(b"\n")
-        try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
-            msg = f"{path}:{lineno}: {'partial last line (interrupted write?)' if is_last_partial else 'bad JSON'}: {e}"
-            if skip_bad or is_last_partial:
-                if problems is not None:
-                    problems.append(msg)
-                continue
-            raise JsonlError(msg) from None
-        yield obj
+    with path.open("rb") as f:  # line by line: memory holds one line, not the file
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                obj = _decode(path, lineno, raw, skip_bad, problems)
+                if obj is not None:
+                    yield obj
 
 
-def read_records(
+def _decode(path: Path, lineno: int, raw: bytes, skip_bad: bool, problems: list[str] | None) -> dict | None:
+    """One line of ``iter_jsonl``'s file as a dict; None when it is skipped."""
+    is_last_partial = not raw.endswith(b"\n")  # only the last line can lack its newline
+    try:
+        obj = json.loads(raw)
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+        msg = f"{path}:{lineno}: {'partial last line (interrupted write?)' if is_last_partial else 'bad JSON'}: {e}"
+        if skip_bad or is_last_partial:
+            if problems is not None:
+                problems.append(msg)
+            return None
+        raise JsonlError(msg) from None
+    return obj
+
+
+def iter_records(
     path: str | Path, cls: type[R], *, skip_bad: bool = False, problems: list[str] | None = None
-) -> list[R]:
-    """Read every record of type ``cls``; errors name the file and line."""
-    out = []
+) -> Iterator[R]:
+    """Each record of type ``cls``, one at a time; errors name the file and line."""
     path = Path(path)
     for lineno, obj in enumerate(iter_jsonl(path, skip_bad=skip_bad, problems=problems), start=1):
         try:
-            out.append(cls.from_dict(obj))
+            yield cls.from_dict(obj)
         except (RecordError, TypeError) as e:
             msg = f"{path}: record {lineno}: {e}"
             if not skip_bad:
                 raise JsonlError(msg) from None
             if problems is not None:
                 problems.append(msg)
-    return out
+
+
+def read_records(
+    path: str | Path, cls: type[R], *, skip_bad: bool = False, problems: list[str] | None = None
+) -> list[R]:
+    """Read every record of type ``cls``; errors name the file and line."""
+    return list(iter_records(path, cls, skip_bad=skip_bad, problems=problems))
 
 
 def write_jsonl(path: str | Path, records: Iterable[Record | dict]) -> int:
