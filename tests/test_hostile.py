@@ -487,3 +487,15 @@ def test_a_checkpoint_save_on_a_full_disk_is_taken_for_one(tmp_path, monkeypatch
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=1 << 40, used=0, free=1 << 40))
     with pytest.raises(RuntimeError):  # space left: the error is what it says
         lifecycle.resumed(Trainer(), None)
+
+
+@pytest.mark.parametrize("field,value", [("id", [1]), ("id", {"a": 1}), ("image_id", [1])])
+def test_a_record_whose_id_is_a_list_or_an_object_is_one_line(regions, tmp_path, capsys, field, value):
+    lines = regions.read_text().splitlines()
+    first = json.loads(lines[0])
+    first[field] = value
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert main(["generate", "--model", str(tmp_path), "--regions", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: record 1: region record: {field} must be a string or a number" in err and "Traceback" not in err

@@ -46,6 +46,11 @@ class Record:
             raise RecordError(
                 f"{cls.kind} record {data.get('id', '?')!r} is missing field(s): {', '.join(missing)}"
             )
+        bad = [k for k in names if (k == "id" or k.endswith("_id")) and isinstance(data.get(k), list | dict)]
+        if bad:  # ids key dicts and sets: a list or an object there would fail far from the file
+            raise RecordError(
+                f"{cls.kind} record: {bad[0]} must be a string or a number, got {type(data[bad[0]]).__name__}"
+            )
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
