@@ -110,3 +110,31 @@ def test_generate_train_and_eval_refuse_data_made_under_another_budget(
     assert main([*evaluate, *flags]) == 0
     assert main(evaluate) == 2
     assert f"max_pixels: {budget['max_pixels']} -> null" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5", "glm4v_moe"])
+def test_spr_run_two_rounds(coco, tiny_model_dir, tmp_path, family):
+    """Round 2 generates with round 1's merged model (a directory of the same class, processor and template)."""
+    import yaml
+
+    annotations, images = coco
+    config = {
+        "model": str(tiny_model_dir(family)),
+        "rounds": 2,
+        "regions": {"annotations": str(annotations), "images": str(images), "per_image": 1, "limit": 1},
+        "generate": {"samples": 2, "max_new_tokens": 8, "prompts": "region_box"},
+        "score": {"semantic": "labels"},
+        "train": {"max_steps": 1, "per_device_train_batch_size": 1, "learning_rate": 1e-3},
+        "eval": {"rec": {"data": str(make_rec_jsonl(tmp_path / "rec")), "max_new_tokens": 4}},
+        "report": False,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")]) == 0
+    merged = tmp_path / "run" / "round-1" / "model"
+    assert json.loads((merged / "config.json").read_text())["model_type"] == family
+    generate = yaml.safe_load((tmp_path / "run" / "round-2" / "generate.yaml").read_text())
+    assert generate["model"] == str(merged)
+    round2 = list(read_records(tmp_path / "run" / "round-2" / "candidates.jsonl", Candidate))
+    assert round2 and {c.fmt for c in round2} == {models.get_family(family).default_fmt}
+    assert (tmp_path / "run" / "round-2" / "eval" / "rec" / "predictions.jsonl").exists()

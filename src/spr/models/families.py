@@ -372,6 +372,9 @@ FAMILIES: dict[str, FamilySpec] = {
                 has_video_processor=True,
                 vision_modules=("model.visual",),
                 router_aux_loss=name != "glm4v_moe",
+                # GLM-4.5V: attention only. PEFT rewrites gate/up/down_proj targets of this model type into its
+                # fused experts' parameters (every expert trains, and LoRA dropout must be 0)
+                lora_targets=LANGUAGE_TARGETS[:4] if name == "glm4v_moe" else LANGUAGE_TARGETS,
                 tiny=T.glm4v,
             )
             for name, model_class, processor in [
