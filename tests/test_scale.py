@@ -125,3 +125,50 @@ def test_pairs_from_files_refuse_a_score_that_is_not_a_number(tmp_path):
         UserError, match=r"s.jsonl: scores must be finite numbers; record 1 \(id 'r/p/0'\): total"
     ):
         pairs_from_files({}, tmp_path / "c.jsonl", tmp_path / "s.jsonl", config)
+
+
+def test_score_reads_candidates_region_by_region_in_any_order(tmp_path):
+    from spr.data.records import Candidate
+    from spr.scoring.command import region_groups
+
+    def cand(region, k):
+        return Candidate(
+            id=f"{region}/p/{k}", region_id=region, prompt_id="p", prompt="?", sample=k, text="t"
+        )
+
+    order = [("a", 0), ("a", 1), ("b", 0), ("c", 0), ("b", 1), ("a", 2), ("c", 1), ("d", 0)]
+    write_jsonl(tmp_path / "c.jsonl", [cand(r, k) for r, k in order])
+    groups = list(region_groups(tmp_path / "c.jsonl", {"a": 3, "b": 2, "c": 2}))  # d: nothing left to score
+    assert [(r, [c.id for c in cands]) for r, cands in groups] == [
+        ("b", ["b/p/0", "b/p/1"]), ("a", ["a/p/0", "a/p/1", "a/p/2"]), ("c", ["c/p/0", "c/p/1"])
+    ]  # fmt: skip
+
+
+def test_a_finished_score_resumes_without_loading_a_scorer(tmp_path, monkeypatch, capsys):
+    from spr.cli import main
+    from spr.data.records import Candidate
+    from spr.scoring import command
+
+    region = Region(id="r0", image=str(tmp_path / "x.png"), image_size=[64, 48], region_box=[2, 2, 30, 30],
+                    objects=[{"label": "cup", "box": [2, 2, 30, 30]}], image_id=1)  # fmt: skip
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "x.png")
+    write_jsonl(tmp_path / "regions.jsonl", [region])
+    write_jsonl(tmp_path / "candidates.jsonl", [
+        Candidate(id=f"r0/p/{k}", region_id="r0", prompt_id="p", prompt="?", sample=k, text="a cup",
+                  groundings=[{"phrase": "a cup", "box": [2.0, 2.0, 30.0, 30.0], "span": [0, 5]}])
+        for k in range(3)
+    ])  # fmt: skip
+    args = ["score", "--regions", str(tmp_path / "regions.jsonl"), "--candidates", str(tmp_path / "candidates.jsonl"),
+            "--out", str(tmp_path / "scores.jsonl"), "--semantic", "none"]  # fmt: skip
+    assert main(args) == 0
+    first = (tmp_path / "scores.jsonl").read_bytes()
+
+    def no_scorer(*a, **k):
+        raise AssertionError("a scorer was loaded with nothing left to score")
+
+    monkeypatch.setattr(command, "make_semantic_scorer", no_scorer)
+    assert main(args) == 0
+    assert (tmp_path / "scores.jsonl").read_bytes() == first
+    assert "| records already there (resumed) | 6" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import output_settings
 from ..data.guard import StageOutput, fingerprint
 from ..data.images import ImageProblem
-from ..data.jsonl import JsonlWriter, read_records
+from ..data.jsonl import JsonlWriter, iter_records, read_records
 from ..data.records import Candidate, Region
 from ..errors import UserError
 from .combine import REFINED_SUFFIX, RegionScorer, ScoreConfig
@@ -20,21 +20,45 @@ HELP = "Score candidates (semantic + localization), refine their boxes and score
 log = logging.getLogger(__name__)
 
 
-def read_inputs(regions_path, candidates_path, problems: Counter):
+def read_regions(regions_path, problems: Counter) -> dict[str, Region]:
     bad: list[str] = []
     try:
         regions = read_records(regions_path, Region, skip_bad=True, problems=bad)
-        n_bad_regions = len(bad)
-        candidates = read_records(candidates_path, Candidate, skip_bad=True, problems=bad)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     for msg in bad[:5]:
         log.warning("skipped: %s", msg)
-    if n_bad_regions:
-        problems["malformed region record"] += n_bad_regions
-    if len(bad) - n_bad_regions:
-        problems["malformed candidate record"] += len(bad) - n_bad_regions
-    return {r.id: r for r in regions}, candidates
+    if bad:
+        problems["malformed region record"] += len(bad)
+    return {r.id: r for r in regions}
+
+
+def candidates_of(candidates_path, problems: Counter | None = None, bad: list[str] | None = None):
+    """The candidate records of ``candidates_path``, one at a time (malformed ones counted once, when
+    ``problems`` is given, and skipped)."""
+    messages: list[str] = [] if bad is None else bad
+    try:
+        yield from iter_records(candidates_path, Candidate, skip_bad=True, problems=messages)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if problems is not None:
+        for msg in messages[:5]:
+            log.warning("skipped: %s", msg)
+        if messages:
+            problems["malformed candidate record"] += len(messages)
+
+
+def region_groups(candidates_path, wanted: dict[str, int]):
+    """``(region_id, its candidates)`` for each region of ``wanted`` (region id -> its number of candidates),
+    read one record at a time and handed on as soon as a region's last candidate is read: memory holds the
+    regions begun and not finished (one, for a file written region by region as `spr generate` writes it)."""
+    begun: dict[str, list[Candidate]] = {}
+    for c in candidates_of(candidates_path):
+        if c.region_id in wanted:
+            group = begun.setdefault(c.region_id, [])
+            group.append(c)
+            if len(group) == wanted[c.region_id]:
+                yield c.region_id, begun.pop(c.region_id)
 
 
 Config = ScoreConfig
@@ -58,44 +82,58 @@ def run(config: ScoreConfig) -> int:
     from ..table import markdown_table
 
     problems: Counter = Counter()
-    regions, candidates = read_inputs(config.regions, config.candidates, problems)
-    by_region: dict[str, list[Candidate]] = defaultdict(list)
-    for c in candidates:
+    regions = read_regions(config.regions, problems)
+    # first pass: each region's candidate ids only (a resume needs no more to see what is left)
+    ids: dict[str, list[str]] = defaultdict(list)
+    n_candidates = 0
+    for c in candidates_of(config.candidates, problems):
+        n_candidates += 1
         if c.region_id in regions:
-            by_region[c.region_id].append(c)
+            ids[c.region_id].append(c.id)
         else:
             problems["candidate of unknown region"] += 1
-    if not by_region:
+    if not ids:
         raise UserError(
             f"nothing to score: no candidate of {config.candidates} belongs to a region of {config.regions} "
-            f"({len(candidates)} candidate records, {len(regions)} regions); expected Candidate records written "
+            f"({n_candidates} candidate records, {len(regions)} regions); expected Candidate records written "
             "by `spr generate` for these regions"
         )
     name = config.semantic_name()
-    scorer = make_semantic_scorer(
-        name, clip_model=config.clip_model, label_model=config.label_model, label_mode=config.label_mode,
-        device=config.device,
-    )  # fmt: skip
-    detector = None
-    if config.detector:
-        from .detector import DetectorConfig, OpenVocabDetector
+    region_scorer = None
 
-        detector = OpenVocabDetector(DetectorConfig(config.detector, config.detector_threshold, device=config.device))
-    region_scorer = RegionScorer(scorer, config, detector)
+    def make_region_scorer() -> RegionScorer:
+        scorer = make_semantic_scorer(
+            name, clip_model=config.clip_model, label_model=config.label_model, label_mode=config.label_mode,
+            device=config.device,
+        )  # fmt: skip
+        detector = None
+        if config.detector:
+            from .detector import DetectorConfig, OpenVocabDetector
+
+            detector = OpenVocabDetector(
+                DetectorConfig(config.detector, config.detector_threshold, device=config.device)
+            )
+        return RegionScorer(scorer, config, detector)
 
     written = already = 0
-    totals = defaultdict(list)
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])  # n, sums of total, loc., sem.
     guard = StageOutput(
         config.out, "score", settings(config), config.overwrite, extra=(summary_path(config.out),),
         inputs={"regions": config.regions, "candidates": config.candidates},
     )  # fmt: skip
     with guard, JsonlWriter(config.out) as out:
-        for region_id in tqdm(list(by_region), desc="score", unit="region", disable=config.quiet or None):
-            cands = by_region[region_id]
-            wanted = [c.id for c in cands] + ([c.id + REFINED_SUFFIX for c in cands] if config.refine else [])
+        todo = {}
+        for region_id, cand_ids in ids.items():
+            wanted = cand_ids + ([i + REFINED_SUFFIX for i in cand_ids] if config.refine else [])
             if all(out.has(i) for i in wanted):
                 already += len(wanted)
-                continue
+            else:
+                todo[region_id] = len(cand_ids)
+        bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="score", unit="region",
+                   disable=config.quiet or None)  # fmt: skip
+        for region_id, cands in region_groups(config.candidates, todo) if todo else ():
+            bar.update(1)
+            region_scorer = region_scorer or make_region_scorer()  # not loaded when nothing is left to score
             try:
                 scores = region_scorer.score_region(regions[region_id], cands, problems)
             except ImageProblem as e:
@@ -105,31 +143,39 @@ def run(config: ScoreConfig) -> int:
             for s in scores:
                 if out.write(s):
                     written += 1
-                    totals["refined" if s.refined else "original"].append(s)
+                    t = totals["refined" if s.refined else "original"]
+                    t[0], t[1], t[2], t[3] = (
+                        t[0] + 1,
+                        t[1] + s.total,
+                        t[2] + s.localization,
+                        t[3] + s.semantic,
+                    )
                 else:
                     already += 1
+        bar.close()
 
     summary = {
         "semantic": name,
         "lambda": config.lam,
-        "regions": len(by_region),
-        "candidates": sum(len(v) for v in by_region.values()),
+        "regions": len(ids),
+        "candidates": sum(len(v) for v in ids.values()),
         "written": written,
         "already_there": already,
         "problems": dict(problems),
     }
     summary_path(config.out).write_text(json.dumps(summary, indent=2))
-    rows = [["regions", len(by_region)], ["candidates", summary["candidates"]], ["records written", written]]
+    rows = [["regions", len(ids)], ["candidates", summary["candidates"]], ["records written", written]]
     rows.append(["records already there (resumed)", already])
-    for kind, scores in sorted(totals.items()):
-        n = len(scores)
-        rows.append([f"mean total ({kind}, {n})", sum(s.total for s in scores) / n])
-        rows.append([f"mean localization ({kind})", sum(s.localization for s in scores) / n])
-        rows.append([f"mean semantic ({kind})", sum(s.semantic for s in scores) / n])
+    for kind, (n, total, localization, semantic) in sorted(totals.items()):
+        rows.append([f"mean total ({kind}, {n})", total / n])
+        rows.append([f"mean localization ({kind})", localization / n])
+        rows.append([f"mean semantic ({kind})", semantic / n])
     rows += [[k if k.startswith("refined") else f"problem: {k}", v] for k, v in sorted(problems.items())]
     print(markdown_table(["score", "value"], rows))
-    if by_region and not written and not already:
-        raise UserError(f"no candidate could be scored (see the problems above); {config.out} holds no scores")
+    if ids and not written and not already:
+        raise UserError(
+            f"no candidate could be scored (see the problems above); {config.out} holds no scores"
+        )
     return 0
 
 
