@@ -241,6 +241,9 @@ def test_resumes_from_the_newest_checkpoint_and_refuses_other_settings(world, tm
     assert [e["step"] for e in _log(out) if "loss" in e] == [1, 2]  # no step logged twice
     assert sorted({r["step"] for r in _completions(out)}) == [1, 2]
     assert len(_completions(out)) == 2 * 4  # each step's sample once
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    assert train(config)["global_step"] == 2  # finished: the same command again trains nothing
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter and len(_completions(out)) == 2 * 4
     with pytest.raises(UserError, match="learning_rate: 0.001 -> 0.0001"):
         train(_config(out, rec=str(world["rec"]), save_steps=1, max_completion_length=32, learning_rate=1e-4))
 
