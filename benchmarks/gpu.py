@@ -546,10 +546,18 @@ class LoraGrab:
 
 
 def unload_lora(adapter, grab) -> None:
-    model = grab.model
-    if model is not None and hasattr(model, "unload"):
-        adapter.model = model.unload()  # the base with the LoRA layers taken out, not merged
-    adapter.model.eval()
+    """The base again: the trained model's LoRA layers taken out (not merged), and any a run left in the base
+    when it failed before its trainer held them."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if grab.model is not None and hasattr(grab.model, "unload"):
+        adapter.model = grab.model.unload()
+    model = adapter.model
+    for name, module in list(model.named_modules()):
+        if name and isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    model.eval()
 
 
 def measure_dpo(adapter, model_dir: Path, data: Path, out: Path, cache: bool, share: bool, cfg: dict) -> dict:

@@ -19,15 +19,23 @@ def gpu_script():
     return module
 
 
-def test_real_configuration_builds_at_its_size(tmp_path):
+@pytest.mark.parametrize(
+    "family, billions, layers, pixels_per_token",
+    [("qwen2_5_vl", 8.29, 28, 28), ("qwen3_vl", 8.77, 36, 32)],  # with their vision towers
+)
+def test_real_configuration_builds_at_its_size(tmp_path, family, billions, layers, pixels_per_token):
+    from spr.models import available_families
+
+    if family not in available_families():
+        pytest.skip(f"no {family} family here")
     gpu = gpu_script()
-    adapter, model_dir = gpu.build("qwen2_5_vl", True, "meta", "bfloat16", tmp_path, image_tokens=1024)
+    adapter, model_dir = gpu.build(family, True, "meta", "bfloat16", tmp_path, image_tokens=1024)
     info = gpu.describe(adapter)
-    assert 8.2 < info["parameters_b"] < 8.4  # Qwen2.5-VL-7B-Instruct: 8.29 B with its vision tower
+    assert info["parameters_b"] == pytest.approx(billions, abs=0.01)
     assert info["dtype"] == "torch.bfloat16"
-    text = adapter.model.config.text_config
-    assert len(text.layer_types) == text.num_hidden_layers == 28
-    assert info["pixel_budget"] == {"min_pixels": 1024 * 28 * 28, "max_pixels": 1024 * 28 * 28}
+    assert adapter.model.config.text_config.num_hidden_layers == layers
+    pixels = 1024 * pixels_per_token**2
+    assert info["pixel_budget"] == {"min_pixels": pixels, "max_pixels": pixels}
     assert (model_dir / "config.json").exists() and (model_dir / "processor_config.json").exists()
 
 
@@ -35,7 +43,8 @@ def test_real_configuration_builds_at_its_size(tmp_path):
 def test_cpu_mode_runs_every_part(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     gpu = gpu_script()
-    code = gpu.main(["--mode", "cpu", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    code = gpu.main(["--mode", "cpu", "--out", out, "--work", work, "--families", "qwen2_5_vl"])
     results = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert results["errors"] == [], results["errors"]
     assert code == 0
@@ -52,8 +61,26 @@ def test_cpu_mode_runs_every_part(tmp_path, monkeypatch):
         assert (run["reference_pass_s"] is not None) == cache
     assert model["grpo"]["steps"] == 1 and model["grpo"]["completions_per_step"] == 4
     log = (tmp_path / "out" / "gpu.log").read_text()
-    assert "0 error(s)" in log and "| tiny qwen2_5_vl | dpo savings on" in log
+    assert "0 error(s)" in log
+    assert any(
+        line.startswith("| tiny qwen2_5_vl ") and "| dpo savings on " in line for line in log.splitlines()
+    )
     assert (tmp_path / "out" / "demo_results.json").exists()
+
+
+def test_a_failed_training_run_leaves_no_lora_layer_in_the_base(tmp_path):
+    """A run that fails after PEFT wrapped the model but before the trainer held it: the next run must find the
+    base's own linear layers (it found only LoRA layers and refused every later run)."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    gpu = gpu_script()
+    adapter, _ = gpu.build("qwen2_5_vl", False, "cpu", "float32", tmp_path, image_tokens=16)
+    get_peft_model(adapter.model, LoraConfig(r=2, target_modules=["q_proj"]))  # wraps the base in place
+    assert any(isinstance(m, BaseTunerLayer) for m in adapter.model.modules())
+    gpu.unload_lora(adapter, gpu.LoraGrab())
+    assert not any(isinstance(m, BaseTunerLayer) for m in adapter.model.modules())
+    assert type(adapter.model.model.language_model.layers[0].self_attn.q_proj).__name__ == "Linear"
 
 
 def test_a_failing_measurement_is_recorded_and_the_rest_runs(tmp_path):
