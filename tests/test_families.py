@@ -34,6 +34,22 @@ def test_the_new_families_are_registered_with_their_transformers_classes():
     assert {models.get_family(n).default_fmt for n in NEW} == {"qwen3_vl", "glm4v"}
 
 
+def test_the_family_registry_imports_nothing_of_the_tiny_builders():
+    """One direction only: spr.models.tiny reads the specs; the specs do not know the tiny side (issue 25)."""
+    import ast
+    from pathlib import Path
+
+    from spr.models import families, tiny
+
+    tree = ast.parse(Path(families.__file__).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom | ast.Import) for a in n.names
+    ]
+    assert not any("tiny" in name for name in imported)
+    assert all(tiny.BUILDERS.get(n) or models.get_family(n).tiny for n in models.available_families())
+
+
 @pytest.mark.parametrize("family,px", [("qwen3_vl", 32), ("qwen3_5_moe", 32), ("glm4v", 28), ("glm46v", 28)])
 def test_a_visual_token_covers_the_checkpoints_own_patch_times_merge(tiny_model_dir, family, px):
     """Qwen3-VL's patch 16 comes from the saved preprocessor config, not the shared class's default of 14."""

@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import tiny as T
-
 LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 QWEN_TOKENS = [
@@ -233,7 +231,9 @@ class FamilySpec:
     names its experts ``n_routed_experts``, not the ``num_experts`` TRL 1.16 reads (it stops with an
     AttributeError); ``spr train`` and ``spr grpo`` then set ``router_aux_loss_coef`` 0."""
     tiny: Callable | None = None
-    """``tiny(spec, tokenizer) -> (config, processor)`` of a tiny random model (:mod:`spr.models.tiny`)."""
+    """``tiny(spec, tokenizer) -> (config, processor)`` of a tiny random model, for a family whose name
+    :data:`spr.models.tiny.BUILDERS` does not know (the built-in families' builders live there, on the tiny side,
+    so that this module imports nothing of it)."""
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -252,7 +252,6 @@ FAMILIES: dict[str, FamilySpec] = {
             pad_token="<|endoftext|>",
             has_video_processor=True,
             vision_modules=("model.visual",),
-            tiny=T.qwen,
         ),
         FamilySpec(
             name="qwen2_5_vl",
@@ -267,7 +266,6 @@ FAMILIES: dict[str, FamilySpec] = {
             pad_token="<|endoftext|>",
             has_video_processor=True,
             vision_modules=("model.visual",),
-            tiny=T.qwen,
         ),
         FamilySpec(
             name="llava",
@@ -281,7 +279,6 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="</s>",
             pad_token="<pad>",
             bos_token="<s>",
-            tiny=T.llava,
         ),
         FamilySpec(
             name="llava_onevision",
@@ -295,7 +292,6 @@ FAMILIES: dict[str, FamilySpec] = {
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
-            tiny=T.llava_onevision,
         ),
         FamilySpec(
             name="idefics3",
@@ -312,7 +308,6 @@ FAMILIES: dict[str, FamilySpec] = {
             language_module="model.text_model",
             vision_modules=("model.vision_model", "model.connector"),
             images_per_prompt_nested=True,
-            tiny=T.idefics3,
         ),
         FamilySpec(
             name="internvl",
@@ -332,7 +327,6 @@ FAMILIES: dict[str, FamilySpec] = {
                 "video_token": "<video>",
             },
             has_video_processor=True,
-            tiny=T.internvl,
         ),
         *[
             FamilySpec(
@@ -348,7 +342,6 @@ FAMILIES: dict[str, FamilySpec] = {
                 pad_token="<|endoftext|>",
                 has_video_processor=True,
                 vision_modules=("model.visual",),
-                tiny=T.qwen3,
             )
             for name, model_class, template in [
                 ("qwen3_vl", "Qwen3VLForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
@@ -375,7 +368,6 @@ FAMILIES: dict[str, FamilySpec] = {
                 # GLM-4.5V: attention only. PEFT rewrites gate/up/down_proj targets of this model type into its
                 # fused experts' parameters (every expert trains, and LoRA dropout must be 0)
                 lora_targets=LANGUAGE_TARGETS[:4] if name == "glm4v_moe" else LANGUAGE_TARGETS,
-                tiny=T.glm4v,
             )
             for name, model_class, processor in [
                 ("glm4v", "Glm4vForConditionalGeneration", "Glm4vProcessor"),

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import opt, required
-
-if TYPE_CHECKING:  # families.py imports this module for its specs' tiny builders
-    from .families import FamilySpec
+from .families import FamilySpec, available_families, get_family
 
 TEXT = dict(
     hidden_size=64,
@@ -373,19 +370,31 @@ def internvl(spec, tokenizer):
     return config, processor
 
 
+# The tiny builder of each built-in family (a registered family may bring its own: FamilySpec.tiny).
+BUILDERS = {
+    "qwen2_vl": qwen,
+    "qwen2_5_vl": qwen,
+    "llava": llava,
+    "llava_onevision": llava_onevision,
+    "idefics3": idefics3,
+    "internvl": internvl,
+    **dict.fromkeys(("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"), qwen3),
+    **dict.fromkeys(("glm4v", "glm4v_moe", "glm46v"), glm4v),
+}
+
+
 def make_tiny(family: str, seed: int = 0):
     """(model, processor) of a tiny random model of ``family``, in memory."""
     import torch
     import transformers
     from transformers import GenerationConfig
 
-    from .families import get_family
-
     spec = get_family(family)
-    if spec.tiny is None:
+    build = spec.tiny or BUILDERS.get(spec.name)
+    if build is None:
         raise ValueError(f"the {family} family has no tiny model builder")
     tokenizer = make_tokenizer(spec)
-    config, processor = spec.tiny(spec, tokenizer)
+    config, processor = build(spec, tokenizer)
     torch.manual_seed(seed)
     model = getattr(transformers, spec.model_class)(config).eval()
     model.generation_config = GenerationConfig(**_ids(tokenizer, spec))
@@ -423,7 +432,6 @@ Config = TinyModelConfig
 
 def run(config: TinyModelConfig) -> int:
     from ..errors import UserError
-    from .families import available_families
 
     if config.family not in available_families():
         raise UserError(f"unknown family {config.family!r}; choose from {', '.join(available_families())}")
