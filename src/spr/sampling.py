@@ -217,6 +217,10 @@ def _items(
     """For each region, its (region, prompt) work items still missing at least one sample, with their view
     images (an empty list when there is nothing to do). Regions with a bad image are reported and skipped."""
     for region in regions:
+        if all(candidate_id(region.id, t.id, s) in done for t in templates for s in samples):
+            stats.already_present += len(templates) * len(samples)  # done: not even its prompts are rendered
+            yield []
+            continue
         rendered = []
         for t in templates:
             try:
