@@ -241,8 +241,22 @@ def help_text(f: dataclasses.Field) -> str:
     return f"{text} (default: {shown})".replace("%", "%%")
 
 
+class OptionGroup:
+    """Base of an option group (:mod:`spr.options`): options several stage configs inherit, declared once."""
+
+
+def _group_fields(cls) -> list[str]:
+    """The fields ``cls`` has from option groups (the classes that derive from OptionGroup directly), in the
+    order the groups are listed."""
+    groups = [base for base in cls.__mro__ if OptionGroup in base.__bases__ and dataclasses.is_dataclass(base)]
+    return [name for group in groups for name in group.__dataclass_fields__]
+
+
 def cli_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata]
+    """The command-line fields of ``cls``: its own first, then those of its option groups."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata}
+    grouped = [n for n in _group_fields(cls) if n in fields]
+    return [f for n, f in fields.items() if n not in grouped] + [fields[n] for n in grouped]
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, config_file: bool = True) -> None:

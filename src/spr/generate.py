@@ -27,7 +27,6 @@ from pathlib import Path
 from . import distributed, formats
 from .config import opt, output_settings, required
 from .data.guard import OutputLock, StageOutput, fingerprint, lock_path
-from .data.images import DEFAULT_MAX_PIXELS
 from .data.jsonl import (
     JsonlError,
     JsonlWriter,
@@ -40,12 +39,13 @@ from .data.jsonl import (
 )
 from .data.records import Region
 from .errors import UserError
+from .options import ImageLimit, ModelFamily, PixelBudget, Progress
 from .prompts import select_templates
 from .sampling import GenerateStats, expected_ids, generate_into
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     """`spr generate`: N sampled grounded descriptions per region and prompt."""
 
     model: str = opt(required, "local model directory (config.json, model.safetensors, processor)")
@@ -71,7 +71,6 @@ class GenerateConfig:
         "pair is never below the model's own greedy quality"
     )
     limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False, min=1)
-    family: str | None = opt(None, "model family, overriding config.model_type", default_text="from config.json")
     format: str | None = opt(None, "box format, overriding the family's", default_text="the family's")
     batch_size: int = opt(4, "prompts per generate call, each with --samples sequences", output=False)
     device: str | None = opt(
@@ -80,14 +79,8 @@ class GenerateConfig:
     dtype: str | None = opt(
         None, "float32, bfloat16, float16 or auto", default_text="float32 on CPU, the checkpoint's dtype on GPU"
     )
-    min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's")  # fmt: skip
-    max_pixels: int | None = opt(
-        None, "image processor pixel budget, upper end; train and eval must use the same", default_text="the checkpoint's"
-    )
     trust_remote_code: bool = opt(False, "allow the model directory's own code", output=False)
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped")
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
-    quiet: bool = opt(False, "no progress bar", output=False)
 
     def __post_init__(self):
         if self.samples < 1:

@@ -29,9 +29,9 @@ from typing import Literal
 
 from . import distributed
 from .config import opt, output_settings, required
-from .data.images import DEFAULT_MAX_PIXELS
 from .errors import UserError
 from .models.families import LANGUAGE_TARGETS
+from .options import ImageLimit, ModelFamily, PixelBudget
 from .rewards import REWARDS
 from .scoring.combine import DEFAULT_LAMBDA
 
@@ -43,7 +43,7 @@ COMPLETIONS_FILE = "completions.jsonl"
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(ModelFamily, PixelBudget, ImageLimit):
     """`spr grpo`: GRPO on description prompts of regions and/or REC prompts, with the project's rewards."""
 
     model: str = opt(required, "base model directory (spr.models.load)")
@@ -59,9 +59,6 @@ class GrpoConfig:
         default_text="all built-in prompts",
     )  # fmt: skip
     limit: int | None = opt(None, "use only the first N regions and the first N REC samples", min=1)
-    family: str | None = opt(
-        None, "model family when config.model_type does not tell", default_text="from config.json"
-    )
     rewards: list[str] | None = opt(
         None,
         f"reward functions ({', '.join(REWARDS)})",
@@ -128,11 +125,6 @@ class GrpoConfig:
         "recompute activations in the backward pass to save memory",
         default_text="on on GPU, off on CPU",
     )
-    min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's")  # fmt: skip
-    max_pixels: int | None = opt(
-        None, "image processor pixel budget, upper end", default_text="the checkpoint's"
-    )
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "prompts with a larger image are skipped")
     seed: int = opt(0, "random seed (initialisation, prompt order, sampling)")
     use_vllm: bool = opt(False, "generate with vLLM (TRL's use_vllm; pip install vllm, GPU only)")
     vllm_mode: Literal["colocate", "server"] = opt("colocate", "vLLM in the training processes, or a `trl vllm-serve` server")  # fmt: skip

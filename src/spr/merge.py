@@ -18,6 +18,7 @@ from typing import Literal
 
 from spr.config import opt, required
 from spr.errors import UserError
+from spr.options import ModelFamily
 
 HELP = "Merge a LoRA adapter into its base model: a complete model directory with its processor."
 
@@ -130,13 +131,12 @@ def _merge_into(adapter_dir: Path, out: Path, base: Path, family: str | None, dt
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(ModelFamily):
     """`spr merge`: an adapter folded into its base, saved as a complete model directory."""
 
     adapter: str = opt(required, "LoRA adapter directory (output of `spr train`)")
     out: str = opt(required, "directory for the merged model")
     base: str | None = opt(None, "base model directory", default_text="the one recorded by `spr train`")
-    family: str | None = opt(None, "model family when config.model_type does not tell", default_text="from config.json")
     dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "dtype of the saved weights")
     overwrite: bool = opt(False, "replace what --out holds (another model, another merge)", output=False)
 

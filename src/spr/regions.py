@@ -22,12 +22,12 @@ import numpy as np
 from . import boxes as B
 from .config import opt, output_settings, required
 from .data.coco import AnnotatedImage, AnnotatedObject
-from .data.images import DEFAULT_MAX_PIXELS
 from .data.records import Region
+from .options import ImageLimit
 
 
 @dataclass
-class RegionConfig:
+class RegionConfig(ImageLimit):
     """`spr regions`: SPR query regions from COCO-style annotations."""
 
     annotations: str = opt(required, "COCO-style detection JSON (COCO, Objects365, LVIS)")
@@ -42,7 +42,6 @@ class RegionConfig:
     skip_crowd: bool = opt(True, "ignore crowd annotations (iscrowd=1), whose boxes cover groups of objects")
     limit: int | None = opt(None, "stop after this many regions in all", output=False, min=1)
     on_error: Literal["skip", "stop"] = opt("skip", "bad annotation records: skip and count them, or stop")
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped as unreadable")
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
     def __post_init__(self):

@@ -35,8 +35,8 @@ from typing import Literal
 
 from . import distributed
 from .config import opt, output_settings, required
-from .data.images import DEFAULT_MAX_PIXELS
 from .models.families import LANGUAGE_TARGETS
+from .options import ImageLimit, ModelFamily, PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,13 @@ HELP = "DPO training on preference pairs (TRL DPOTrainer; LoRA on the language m
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelFamily, PixelBudget, ImageLimit):
     """`spr train`; the defaults follow the SPR authors' DPO scripts where they say (for 7B models: the shapes
     world demo trains its tiny model at a higher rate, with an SFT term)."""
 
     model: str = opt(required, "base model directory (spr.models.load)")
     data: str = opt(required, "dpo.jsonl written by `spr pairs`")
     out: str = opt(required, "output directory (checkpoints, final adapter or model)")
-    family: str | None = opt(None, "model family when config.model_type does not tell", default_text="from config.json")
     method: Literal["lora", "full"] = opt("lora", "lora (adapter; reference = adapter off) or full fine-tuning")
     adapter: str | None = opt(
         None, "continue training this LoRA adapter of --model (a round of `spr run --reference base`); the "
@@ -84,8 +83,6 @@ class TrainConfig:
     gradient_checkpointing: bool | None = opt(
         None, "recompute activations in the backward pass to save memory", default_text="on on GPU, off on CPU"
     )
-    min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's")  # fmt: skip
-    max_pixels: int | None = opt(None, "image processor pixel budget, upper end (as generate had it)", default_text="the checkpoint's")  # fmt: skip
     cache_reference: bool | None = opt(
         None, "compute the frozen reference's log-probs of every pair once, before the first step, into a file "
         "beside --data (resumable, reused by later runs); the steps then run no reference forward",
@@ -105,7 +102,6 @@ class TrainConfig:
     skip_bad: bool = opt(False, "skip pairs that cannot be used, and count them (default: stop and name them)")
     report_to: str = opt("none", "none, tensorboard, wandb ...", output=False)
     dataloader_num_workers: int = opt(0, "processes that load images", output=False)
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "pairs with a larger image are refused (or skipped)")
     overwrite: bool = opt(False, "discard what out holds and train from scratch", output=False)
     quiet: bool = opt(False, "no progress bar or per-step lines (train_log.jsonl is still written)", output=False)
 

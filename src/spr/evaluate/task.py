@@ -18,9 +18,9 @@ from pathlib import Path
 
 from spr.config import opt, output_settings, required
 from spr.data.guard import StageOutput, fingerprint
-from spr.data.images import DEFAULT_MAX_PIXELS
 from spr.data.jsonl import JsonlWriter, iter_jsonl
 from spr.errors import UserError
+from spr.options import ImageLimit, ModelFamily, PixelBudget, Progress
 from spr.registry import Registry
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -28,16 +28,13 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     """What every `spr eval <task>` takes; a task's config adds its own fields."""
 
     model: str = opt(required, "model directory (base, merged, or any from_pretrained directory)")
     data: str = opt(required, "the task's data (file or directory; see `spr eval <task> --help`)")
     out: str = opt(required, "run directory: predictions.jsonl, metrics.json (resumable)")
     splits: list[str] | None = opt(None, "evaluate these splits only", default_text="all splits of the data")
-    family: str | None = opt(None, "model family when config.model_type does not tell", default_text="from config.json")
-    min_pixels: int | None = opt(None, "image processor pixel budget, lower end (Qwen2-VL style)", default_text="the checkpoint's")  # fmt: skip
-    max_pixels: int | None = opt(None, "image processor pixel budget, upper end", default_text="the checkpoint's")
     device: str = opt("cpu", "torch device", output=False)
     dtype: str | None = opt(
         None, "float32, bfloat16, float16 or auto (evaluate the base in the precision the trained model runs in)",
@@ -46,9 +43,7 @@ class EvalConfig:
     batch_size: int = opt(8, "prompts per batch", output=False, min=1)
     max_new_tokens: int = opt(64, "answer length limit, in tokens", min=1)
     limit: int | None = opt(None, "evaluate only the first N samples", output=False, min=1)
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "samples with a larger image count as image failures")
     overwrite: bool = opt(False, "discard earlier predictions in --out", output=False)
-    quiet: bool = opt(False, "no progress bar", output=False)
     train_regions: str | None = opt(
         None, "a training run's regions.jsonl: warn when evaluation images are among its images (same file name "
         "or same bytes)", default_text="no check", output=False,

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import opt, required
-from ..data.images import DEFAULT_MAX_PIXELS, load_image
+from ..data.images import load_image
 from ..data.records import Candidate, Region, Score
+from ..options import ImageLimit, Progress
 from ..refine import RefineConfig, count_kinds, refine_candidate, usable_groundings
 from .localization import LocalizationConfig, localization_score
 from .references import ReferenceSet, merge_detections, region_references
@@ -36,7 +37,7 @@ DEFAULT_LAMBDA = 0.8  # the paper's weight of the semantic score
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(ImageLimit, Progress):
     """`spr score`: semantic and localization scores of every candidate and of its refined version."""
 
     regions: str = opt(required, "regions.jsonl (Region records)")
@@ -70,9 +71,7 @@ class ScoreConfig:
     detector_threshold: float = opt(0.3, "keep detections with at least this confidence")
     dedup_iou: float = opt(0.5, "detector boxes with at least this IoU with a reference already there are dropped")
     device: str = opt("cpu", "torch device of the scorer and detector models", output=False)
-    max_image_pixels: int = opt(DEFAULT_MAX_PIXELS, "images larger than this many pixels are skipped")
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
-    quiet: bool = opt(False, "no progress bar", output=False)
 
     def __post_init__(self):
         if not (math.isfinite(self.lam) and 0.0 <= self.lam <= 1.0):
