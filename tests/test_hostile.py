@@ -499,3 +499,21 @@ def test_a_record_whose_id_is_a_list_or_an_object_is_one_line(regions, tmp_path,
     assert main(["generate", "--model", str(tmp_path), "--regions", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: record 1: region record: {field} must be a string or a number" in err and "Traceback" not in err
+
+
+def test_a_dry_run_is_held_to_the_runs_lock_and_settings(tmp_path, capsys):
+    import yaml
+
+    from spr.data.guard import OutputLock, lock_path
+
+    config, run = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump({"model": "m", "regions": {"annotations": "a.json", "images": "img"}}))
+    dry = ["run", "--config", str(config), "--out", str(run), "--dry-run"]
+    assert main([*dry, "--set", "max_pixels=5000"]) == 0
+    step = run / "round-1" / "generate.yaml"
+    before = step.read_bytes()
+    assert main([*dry, "--set", "max_pixels=6000"]) == 2  # a finished run's step files are not rewritten
+    assert "max_pixels: 5000 -> 6000" in capsys.readouterr().err and step.read_bytes() == before
+    with OutputLock(lock_path(run), str(run)):  # the run is running
+        assert main([*dry, "--set", "max_pixels=5000"]) == 2
+    assert "being written by another process" in capsys.readouterr().err

@@ -351,11 +351,12 @@ def run_pipeline(config: RunConfig, log=print, prepare=None) -> dict | None:
     config = apply_overrides(config)
     run = Path(config.out).resolve()
     steps = plan(config)
-    if config.dry_run:
-        for step in steps:
-            file = config_file(run, step)
-            C.write_yaml(step.config, file)
-            log(shlex.join(command_line(step, file, config.launcher)))
+    if config.dry_run:  # held to the run's lock and settings like a run (never --overwrite: it deletes)
+        with StageOutput(run, "run", C.output_settings(config), overwrite=False, directory=True):
+            for step in steps:
+                file = config_file(run, step)
+                C.write_yaml(step.config, file)
+                log(shlex.join(command_line(step, file, config.launcher)))
         return None
     with StageOutput(run, "run", C.output_settings(config), config.overwrite, directory=True):
         C.write_yaml(config, run / "run.yaml")
