@@ -422,11 +422,11 @@ def build(family: str, real: bool, device: str, dtype: str, work: Path, image_to
 
     from spr.models.adapter import ModelAdapter
     from spr.models.families import get_family
-    from spr.models.tiny import make_tokenizer, token_ids
+    from spr.models.tiny import BUILDERS, make_tokenizer, token_ids
 
     spec = get_family(family)
     tokenizer = make_tokenizer(spec)
-    config, processor = spec.tiny(spec, tokenizer)
+    config, processor = (spec.tiny or BUILDERS[spec.name])(spec, tokenizer)  # as spr.models.tiny.make_tiny
     if real:
         d = config.to_dict()
         for part in ("text", "vision"):
