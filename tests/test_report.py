@@ -28,8 +28,8 @@ from spr import formats
 from spr.cli import main
 from spr.data.jsonl import write_jsonl
 from spr.report import marked_text, readable_text
+from spr.report.cells import css
 from spr.report.draw import REFERENCE, REGION, box_colour
-from spr.report.page import css
 from spr.report.svg import histogram_svg
 
 SCRIPT = (

@@ -11,7 +11,8 @@ from ..config import opt
 from ..data.jsonl import read_records
 from ..data.records import Candidate, Pair, Region, Score
 from ..errors import UserError
-from .page import ReportData, render_report
+from .data import ReportData
+from .page import render_report
 
 HELP = (
     "Write a static HTML report (results per IoU threshold, chosen vs rejected on their images, score "
