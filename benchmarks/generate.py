@@ -15,7 +15,9 @@ Qwen2-VL input); families whose processor resizes to a fixed size keep their tin
 
 ``free`` lengths stop at the model's end-of-sequence token (or ``--max-new-tokens``), as `spr generate` does;
 ``fixed`` makes every answer exactly ``--max-new-tokens`` long (min_new_tokens), so all ways do the same amount
-of decoding. Shared and batched runs must write the same candidates file (checked). ``prefill rows/cand`` counts
+of decoding. ``texts as today`` counts the candidates whose text is the one ``batched (today)`` wrote for the
+same id (the shared prefill's rows differ from separate prefills by floating-point rounding: see
+tests/test_shared_prefill.py). ``prefill rows/cand`` counts
 the rows of the language model's multi-token forwards per candidate (goal: 1/N of today's). ``decode past EOS``
 is the share of decoded row-steps spent on rows that had already ended (what dropping finished rows from the
 cache could save at most). ``x today`` is candidates/s over ``batched (today)``'s in the same round set; rounds
@@ -107,7 +109,9 @@ class Counter:
         self.adapter.generate = self._generate
 
 
-def measure(adapter, regions, templates, batch_size, shared, samples, max_new_tokens, fixed, out: Path) -> dict:
+def measure(
+    adapter, regions, templates, batch_size, shared, samples, max_new_tokens, fixed, out: Path
+) -> dict:
     config = GenerateConfig(
         model="m",
         regions="r",
@@ -139,6 +143,19 @@ def measure(adapter, regions, templates, batch_size, shared, samples, max_new_to
     }
 
 
+def same_texts(file: bytes, today: bytes) -> str:
+    """How many candidates say word for word what today's path wrote for the same id (the shared prefill's
+    rows differ from separate prefills by floating-point rounding only: a draw that lands within that rounding
+    of a boundary between two tokens takes the other one, and the answer goes on from there)."""
+    import json
+
+    def texts(data: bytes) -> dict:
+        return {(o := json.loads(line))["id"]: o["text"] for line in data.splitlines() if line.strip()}
+
+    ours, theirs = texts(file), texts(today)
+    return f"{sum(ours.get(i) == t for i, t in theirs.items())}/{len(theirs)}"
+
+
 def image_tokens_budget(adapter, tokens: int) -> str:
     """Set a Qwen2-VL style processor to ``tokens`` image tokens per image (28 x 28 px each); say what was set."""
     if not adapter.pixel_budget():
@@ -167,7 +184,9 @@ def main(argv=None) -> int:
     p.add_argument("--regions", type=int, default=4, help="regions (x 3 prompts each)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--lengths", nargs="+", choices=["free", "fixed"], default=["free", "fixed"])
-    p.add_argument("--image-tokens", type=int, default=256, help="image tokens per image (Qwen2-VL style processors)")
+    p.add_argument(
+        "--image-tokens", type=int, default=256, help="image tokens per image (Qwen2-VL style processors)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
@@ -183,7 +202,9 @@ def main(argv=None) -> int:
         for family in args.families:
             adapter = load(build_tiny_model(family, tmp / family))
             budget = image_tokens_budget(adapter, args.image_tokens)
-            notes.append(f"{family}: {budget}, {prompt_tokens(adapter, regions, templates):.0f} prompt tokens on average")
+            notes.append(
+                f"{family}: {budget}, {prompt_tokens(adapter, regions, templates):.0f} prompt tokens on average"
+            )
             measure(adapter, regions[:1], templates[:1], 1, True, 2, 4, False, tmp / "warmup.jsonl")
             for length in args.lengths:
                 for n in args.samples:
@@ -194,17 +215,15 @@ def main(argv=None) -> int:
                                         args.max_new_tokens, length == "fixed", tmp / f"{way}.jsonl")  # fmt: skip
                             if way not in best or r["seconds"] < best[way]["seconds"]:
                                 best[way] = r
-                    if best["shared prefill"]["file"] != best["batched (today)"]["file"]:
-                        sys.exit(f"{family} N={n} {length}: shared prefill wrote other candidates than today's path")
                     today = best["batched (today)"]["candidates"] / best["batched (today)"]["seconds"]
                     for way, r in best.items():
                         cps = r["candidates"] / r["seconds"]
                         rows.append([family, length, n, way, r["candidates"], round(cps, 1),
                                      round(r["prefill_rows"] / r["candidates"], 3), f"{100 * r['past_eos']:.0f}%",
-                                     f"{cps / today:.2f}x"])  # fmt: skip
+                                     f"{cps / today:.2f}x", same_texts(r["file"], best["batched (today)"]["file"])])  # fmt: skip
                         print(f"{family} {length} N={n} {way}: {cps:.1f} candidates/s", file=sys.stderr)
     headers = ["family", "lengths", "N", "way", "candidates", "candidates/s", "prefill rows/cand", "decode past EOS",
-               "x today"]  # fmt: skip
+               "x today", "texts as today"]  # fmt: skip
     print(
         f"regions={args.regions} prompts={len(templates)} batch={args.batch_size} max_new_tokens={args.max_new_tokens} "
         f"threads={args.threads} best of {args.repeat} interleaved rounds, torch={torch.__version__}"

@@ -40,7 +40,9 @@ def check_against_oracle(seeds, steps, make_scores, temperature=0.8, top_p=0.9):
     for step in range(steps):
         scores = make_scores(step)
         expected = oracle.choose(scores)
-        out = sampler(None, scores.clone())
+        given = scores.clone()
+        out = sampler(None, given)
+        assert torch.equal(given, scores)  # left as they are: generate keeps them (output_logits)
         assert ((out == 0).sum(-1) == 1).all()  # one token left possible per row, the others -inf
         assert torch.isinf(out).sum() == out.numel() - len(seeds)
         assert out.argmax(-1).tolist() == expected.tolist(), f"step {step}"

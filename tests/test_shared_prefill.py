@@ -122,3 +122,29 @@ def test_a_family_can_keep_separate_prefills(tiny_model_dir):
     finally:
         hook.remove()
     assert rows == [2 * inputs["input_ids"].shape[0]]
+
+
+def test_shared_prefill_logits_are_separate_prefills_up_to_rounding(tiny_model_dir):
+    """What the shared prefill guarantees at a real prompt length (256 image tokens per image): every row's
+    next-token logits are those of a prefill of its own up to floating-point rounding (a batch of B prompts and
+    one of B x N rows round differently), so each candidate is drawn from the same distribution, and its tokens
+    are the same unless a draw lands within that rounding of a boundary between two tokens (benchmarks/generate.py
+    counts how often). A cache repeated to the wrong rows, or positions off by one, moves logits by far more."""
+    adapter = load(str(tiny_model_dir("qwen2_vl")))
+    adapter.set_pixel_budget(min_pixels=256 * 28 * 28, max_pixels=256 * 28 * 28)
+    inputs = prompts_of_different_lengths(adapter)
+    assert inputs["input_ids"].shape[1] > 256
+    n, rows = 4, inputs["input_ids"].shape[0] * 4
+    kwargs = dict(pad_token_id=adapter.pad_token_id, eos_token_id=adapter.eos_token_ids, max_new_tokens=6,
+                  num_return_sequences=n, output_logits=True, return_dict_in_generate=True, **SAMPLING)  # fmt: skip
+    greedy = [None] * rows  # RowSampler with no seeds: greedy rows
+    with torch.inference_mode():
+        shared = adapter._generate_shared(inputs, n, dict(kwargs, logits_processor=[RowSampler(greedy, 1, 1)]))
+        today = adapter.model.generate(**inputs, **kwargs, logits_processor=[RowSampler(greedy, 1, 1)])
+    prompt = inputs["input_ids"].shape[1]
+    same_so_far = torch.ones(rows, dtype=torch.bool)
+    for step, (ours, theirs) in enumerate(zip(shared.logits, today.logits)):
+        scale = theirs[same_so_far].abs().max()
+        assert (ours[same_so_far] - theirs[same_so_far]).abs().max() <= 1e-4 * scale, f"step {step}"
+        same_so_far &= shared.sequences[:, prompt + step] == today.sequences[:, prompt + step]
+    assert same_so_far.any()

@@ -75,8 +75,8 @@ def row_seed(seed: int, cid: str) -> int:
 
 class RowSampler:
     """A logits processor that samples the next token of every row from that row's own random stream
-    (temperature, then nucleus top-p) and leaves only that token possible (in place), so that greedy decoding
-    takes it. A row without a seed decodes greedily.
+    (temperature, then nucleus top-p) and leaves only that token possible, so that greedy decoding takes it.
+    A row without a seed decodes greedily.
 
     The vocabulary-wide work runs on the scores' device, vectorised over rows; the host sees one draw per row
     (from the row's own CPU generator) and the running sums of the few tokens that can be in the nucleus. A row's tokens are ordered by probability, ties by lower token id; its nucleus is the
@@ -117,7 +117,8 @@ class RowSampler:
                 chosen = tokens
             else:
                 chosen[rows] = tokens
-        return scores.fill_(float("-inf")).scatter_(-1, chosen.unsqueeze(-1), 0.0)
+        # a new tensor: generate keeps the scores it passed in (output_logits)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, chosen.unsqueeze(-1), 0.0)
 
     def _draw(self, probs, draws):
         """The token each row of ``probs`` draws with its ``draws`` (uniform in [0, 1), on the host)."""
