@@ -517,3 +517,16 @@ def test_a_dry_run_is_held_to_the_runs_lock_and_settings(tmp_path, capsys):
     with OutputLock(lock_path(run), str(run)):  # the run is running
         assert main([*dry, "--set", "max_pixels=5000"]) == 2
     assert "being written by another process" in capsys.readouterr().err
+
+
+def test_a_torn_line_in_the_middle_is_written_again_in_its_place(tiny_model_dir, regions, tmp_path):
+    out = tmp_path / "c.jsonl"
+    args = ["generate", "--model", str(tiny_model_dir("qwen2_vl")), "--regions", str(regions), "--out", str(out),
+            "--samples", "2", "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
+    assert main(args) == 0
+    whole = out.read_bytes()
+    lines = whole.splitlines()
+    assert len(lines) >= 3
+    out.write_bytes(b"\n".join([lines[0], lines[1][: len(lines[1]) // 2], *lines[2:]]) + b"\n")
+    assert main(args) == 0
+    assert out.read_bytes() == whole  # the file of an uninterrupted run, byte for byte

@@ -174,6 +174,8 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
             if rank == 0 and shards_of(out):  # this run's, or those a killed run of any process count left
                 merge_shards(out)
                 reorder(out, expected_ids(regions, templates, config))
+            elif writer.repaired:  # records of torn lines in the middle were appended: back to their places
+                reorder(out, expected_ids(regions, templates, config))
         return stats
     finally:
         distributed.teardown()
