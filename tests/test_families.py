@@ -154,3 +154,23 @@ def test_spr_run_two_rounds(coco, tiny_model_dir, tmp_path, family):
     round2 = list(read_records(tmp_path / "run" / "round-2" / "candidates.jsonl", Candidate))
     assert round2 and {c.fmt for c in round2} == {models.get_family(family).default_fmt}
     assert (tmp_path / "run" / "round-2" / "eval" / "rec" / "predictions.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_5", "glm46v"])
+def test_every_eval_task_runs(tiny_model_dir, tmp_path, family):
+    """REC runs for every family in test_evaluate_predict; here the tasks that read boxes, on a thinking Qwen and
+    a GLM. Captioning reads no boxes and runs the same generation path (test_evaluate_e2e; its metrics take 30 s
+    to load)."""
+    from evaluate_fixtures import make_flickr, make_regions
+
+    common = ["--model", str(tiny_model_dir(family)), "--max-new-tokens", "6", "--batch-size", "4"]
+    runs = {
+        "grounding": ["grounding", "--data", str(make_flickr(tmp_path / "flickr"))],
+        "description": ["description", "--data", str(make_regions(tmp_path / "regions"))],
+    }
+    for name, args in runs.items():
+        out = tmp_path / "eval" / name
+        assert main(["eval", *args, *common, "--out", str(out)]) == 0, name
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n"] > 0 and (out / "predictions.jsonl").exists(), name

@@ -4,7 +4,8 @@
 >>> adapter.family, adapter.fmt
 ('qwen2_vl', 'qwen2_vl')
 
-Families: qwen2_vl, qwen2_5_vl, llava, llava_onevision, idefics3, internvl (see :mod:`spr.models.families`).
+Families: qwen2_vl, qwen2_5_vl, qwen3_vl(_moe), qwen3_5(_moe), glm4v, glm4v_moe, glm46v, llava, llava_onevision,
+idefics3, internvl (see :mod:`spr.models.families`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ Box formats (``default_fmt``), overridable per run with ``fmt=``:
 - qwen2_vl: the model's own ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` on a 0-1000 grid.
 - qwen2_5_vl: JSON ``bbox_2d`` in pixels of the resized model input; the geometry (``input_size``) is read
   from the processor's own resize (image_grid_thw * patch size).
+- qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe: JSON ``bbox_2d`` on a relative 0-1000 grid (format qwen3_vl); patch
+  16 and merge 2 from the checkpoint's preprocessor config; Qwen3.5 thinks first (its template opens ``<think>``).
+- glm4v, glm4v_moe, glm46v (GLM-4.1V / 4.6V-Flash, 4.5V, 4.6V): ``<|begin_of_box|>[[x1,y1,x2,y2]]<|end_of_box|>``
+  per-mille of width / height (format glm4v).
 - internvl: ``<ref>..</ref><box>[[x1, y1, x2, y2]]</box>`` on a 0-1000 grid.
 - llava, llava_onevision, idefics3: none of these families has one grounding format of its own (LLaVA-1.5 writes normalized floats,
   fine-tunes differ), so ``plain_norm`` (``[x1, y1, x2, y2]`` floats in 0-1 of the image) is the default. The
