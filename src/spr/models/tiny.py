@@ -104,7 +104,9 @@ def qwen(spec, tokenizer):
     from .processors import processor_class
 
     # 28 px per image token (patch 14, merge 2): between 4 and 16 image tokens per image.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 16}
+    )
     processor = processor_class(spec)(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=spec.chat_template
     )
