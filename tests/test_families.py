@@ -174,3 +174,23 @@ def test_every_eval_task_runs(tiny_model_dir, tmp_path, family):
         assert main(["eval", *args, *common, "--out", str(out)]) == 0, name
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["n"] > 0 and (out / "predictions.jsonl").exists(), name
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_lora_with_the_default_options_wraps_linear_layers_only(family):
+    """GLM-4.5V: PEFT turns gate/up/down_proj targets of glm4v_moe into its fused experts' parameters, which refuse
+    LoRA dropout (the default 0.05): the family trains attention only."""
+    import torch
+    from peft import get_peft_model
+
+    from spr.models.tiny import make_tiny
+    from spr.train import TrainConfig
+    from spr.training.parts import lora_config
+
+    model, _ = make_tiny(family)
+    spec = models.get_family(family)
+    peft_model = get_peft_model(model, lora_config(TrainConfig(model="m", data="d", out="o"), model, spec))
+    wrapped = [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    assert wrapped and all(
+        isinstance(peft_model.get_submodule(n).base_layer, torch.nn.Linear) for n in wrapped
+    )
