@@ -38,7 +38,9 @@ def _same(a: dict, b: dict) -> bool:
 
 @pytest.mark.slow
 def test_a_finished_training_run_stays_finished(tiny_model_dir, tmp_path):
-    data = make_dpo_jsonl(tmp_path, n=3)  # 3 steps an epoch: step 8 is inside the third (transformers runs on)
+    data = make_dpo_jsonl(
+        tmp_path, n=3
+    )  # 3 steps an epoch: step 8 is inside the third (transformers runs on)
     out = tmp_path / "out"
     config = _train_config(tiny_model_dir("qwen2_vl"), data, out, max_steps=8, save_steps=4,
                            per_device_train_batch_size=1)  # fmt: skip
@@ -61,8 +63,13 @@ def test_a_finished_training_run_stays_finished(tiny_model_dir, tmp_path):
 
 
 # inf is refused before training as every non-finite number is (config.check_numbers); 1e30 trains and diverges
-@pytest.mark.parametrize("rate, message", [("inf", "learning_rate: must be a finite number"), ("1e30", "training diverged at step")])
-def test_a_diverged_training_run_stops_with_one_line_and_saves_nothing(tiny_model_dir, tmp_path, capsys, rate, message):
+@pytest.mark.parametrize(
+    "rate, message",
+    [("inf", "learning_rate: must be a finite number"), ("1e30", "training diverged at step")],
+)
+def test_a_diverged_training_run_stops_with_one_line_and_saves_nothing(
+    tiny_model_dir, tmp_path, capsys, rate, message
+):
     data = make_dpo_jsonl(tmp_path, n=4)
     out = tmp_path / "out"
     rc = main(["train", "--model", str(tiny_model_dir("qwen2_vl")), "--data", str(data), "--out", str(out),
@@ -99,7 +106,9 @@ def regions(coco, tmp_path) -> Path:
     return out
 
 
-def test_a_resume_over_a_regenerated_input_is_refused_with_the_file_named(tiny_model_dir, regions, tmp_path, capsys):
+def test_a_resume_over_a_regenerated_input_is_refused_with_the_file_named(
+    tiny_model_dir, regions, tmp_path, capsys
+):
     candidates, scores = tmp_path / "c.jsonl", tmp_path / "s.jsonl"
     generate = ["generate", "--model", str(tiny_model_dir("qwen2_vl")), "--regions", str(regions), "--out",
                 str(candidates), "--samples", "2", "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
@@ -113,12 +122,16 @@ def test_a_resume_over_a_regenerated_input_is_refused_with_the_file_named(tiny_m
     capsys.readouterr()
     assert main(score) == 2
     err = capsys.readouterr().err
-    assert "input candidates:" in err and "an input changed since (candidates)" in err and "Traceback" not in err
+    assert (
+        "input candidates:" in err and "an input changed since (candidates)" in err and "Traceback" not in err
+    )
     assert scores.read_bytes() == before
     assert main([*score, "--overwrite"]) == 0
 
 
-def test_regions_regenerated_under_a_generate_run_are_refused(tiny_model_dir, coco, regions, tmp_path, capsys):
+def test_regions_regenerated_under_a_generate_run_are_refused(
+    tiny_model_dir, coco, regions, tmp_path, capsys
+):
     annotations, images = coco
     candidates = tmp_path / "c.jsonl"
     generate = ["generate", "--model", str(tiny_model_dir("qwen2_vl")), "--regions", str(regions), "--out",
@@ -181,7 +194,10 @@ def scored_run(tmp_path) -> Path:
     region = fixture_region(draw_image(tmp_path / "images" / "scene.png"))
     texts = hand_made_texts()
     write_jsonl(tmp_path / "regions.jsonl", [region])
-    write_jsonl(tmp_path / "candidates.jsonl", [candidate(region, n, texts[n], i) for i, n in enumerate(["precise", "vague"])])
+    write_jsonl(
+        tmp_path / "candidates.jsonl",
+        [candidate(region, n, texts[n], i) for i, n in enumerate(["precise", "vague"])],
+    )
     files = ["--regions", str(tmp_path / "regions.jsonl"), "--candidates", str(tmp_path / "candidates.jsonl")]
     assert main(["score", *files, "--out", str(tmp_path / "scores.jsonl"), "--semantic", "keywords"]) == 0
     return tmp_path
@@ -250,7 +266,11 @@ def test_a_full_disk_is_one_line_and_the_records_written_stay(coco, tmp_path, mo
     monkeypatch.setattr(JsonlWriter, "write", full_after_one)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "re-run the same command to resume" in err and "Traceback" not in err
+    assert (
+        "No space left on device" in err
+        and "re-run the same command to resume" in err
+        and "Traceback" not in err
+    )
     assert len(out.read_text().splitlines()) == 1
     monkeypatch.undo()
     assert main(args) == 0 and len(out.read_text().splitlines()) > 1  # space again: resumed
@@ -366,7 +386,9 @@ def test_a_bad_coco_record_is_skipped_and_named_or_stops_the_stage(coco, tmp_pat
     spoil(data)
     annotations.write_text(json.dumps(data))
     (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "x.png").write_bytes((images / "img001.png").read_bytes())  # what "../" would reach
+    (tmp_path / "outside" / "x.png").write_bytes(
+        (images / "img001.png").read_bytes()
+    )  # what "../" would reach
     args = ["regions", "--annotations", str(annotations), "--images", str(images)]
     assert main([*args, "--out", str(tmp_path / "r.jsonl")]) == 0
     out = capsys.readouterr()
@@ -461,7 +483,9 @@ def test_pairs_from_scores_that_are_all_equal_says_why_there_are_none(scored_run
         r.update(total=0.5, semantic=0.5, localization=0.5)
     (run / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     files = ["--regions", str(run / "regions.jsonl"), "--candidates", str(run / "candidates.jsonl")]
-    assert main(["pairs", *files, "--scores", str(run / "scores.jsonl"), "--out", str(run / "pairs.jsonl")]) == 0
+    assert (
+        main(["pairs", *files, "--scores", str(run / "scores.jsonl"), "--out", str(run / "pairs.jsonl")]) == 0
+    )
     err = capsys.readouterr().err
     assert "warning: no pair from 1 prompt(s)" in err and "--min-margin" in err
     assert (run / "pairs.jsonl").read_text() == ""  # a valid, empty result
@@ -496,9 +520,17 @@ def test_a_record_whose_id_is_a_list_or_an_object_is_one_line(regions, tmp_path,
     first[field] = value
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
-    assert main(["generate", "--model", str(tmp_path), "--regions", str(bad), "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert (
+        main(
+            ["generate", "--model", str(tmp_path), "--regions", str(bad), "--out", str(tmp_path / "c.jsonl")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert f"{bad}: record 1: region record: {field} must be a string or a number" in err and "Traceback" not in err
+    assert (
+        f"{bad}: record 1: region record: {field} must be a string or a number" in err
+        and "Traceback" not in err
+    )
 
 
 def test_a_dry_run_is_held_to_the_runs_lock_and_settings(tmp_path, capsys):
