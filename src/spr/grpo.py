@@ -30,10 +30,10 @@ from typing import Literal
 from . import distributed
 from .config import opt, output_settings, required
 from .errors import UserError
-from .models.families import LANGUAGE_TARGETS
 from .options import ImageLimit, ModelFamily, PixelBudget
 from .rewards import REWARDS
 from .scoring.combine import DEFAULT_LAMBDA
+from .training.options import LoraOptions, TrainerOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ COMPLETIONS_FILE = "completions.jsonl"
 
 
 @dataclass
-class GrpoConfig(ModelFamily, PixelBudget, ImageLimit):
+class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptions):
     """`spr grpo`: GRPO on description prompts of regions and/or REC prompts, with the project's rewards."""
 
     model: str = opt(required, "base model directory (spr.models.load)")
@@ -98,32 +98,10 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit):
     scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group's reward std, the batch's, or not")  # fmt: skip
     num_iterations: int = opt(1, "optimisation passes per generated batch (GRPO's mu)")
     epsilon: float = opt(0.2, "clipping range of the policy ratio")
-    learning_rate: float = opt(1e-5, "peak learning rate", above=0)
-    lr_scheduler_type: str = opt("cosine", "learning-rate schedule (transformers' names)")
     warmup_ratio: float = opt(0.0, "fraction of steps for linear warm-up", min=0, max=1)
-    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)", min=1, special=(-1,))
     num_train_epochs: float = opt(1.0, "epochs over the prompts", above=0)
     per_device_train_batch_size: int | None = opt(
         None, "completions per device per step", default_text="num_generations (one prompt's group)"
-    )
-    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update", min=1)
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    lora_target_modules: list[str] | None = opt(
-        None,
-        "names of the language model's linear layers that get LoRA",
-        default_text=" ".join(LANGUAGE_TARGETS),
-    )
-    train_vision: bool = opt(False, "also train the vision tower and projector (LoRA on all their linears)")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
-        "auto",
-        "weights and mixed precision: auto (bf16 on GPUs that have it, fp32 on CPU), bfloat16 or float32",
-    )
-    gradient_checkpointing: bool | None = opt(
-        None,
-        "recompute activations in the backward pass to save memory",
-        default_text="on on GPU, off on CPU",
     )
     seed: int = opt(0, "random seed (initialisation, prompt order, sampling)")
     use_vllm: bool = opt(False, "generate with vLLM (TRL's use_vllm; pip install vllm, GPU only)")
@@ -142,21 +120,8 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit):
     vllm_enable_sleep_mode: bool = opt(
         False, "offload vLLM's weights during the optimizer step", output=False
     )
-    device: Literal["auto", "cpu", "cuda"] = opt(
-        "auto", "auto (GPU when available), cpu or cuda", output=False
-    )
     logging_steps: int = opt(1, "log every N steps", output=False)
     sample_completions: int = opt(8, "completions written to completions.jsonl per logged step (0: none)", output=False)  # fmt: skip
-    save_steps: int = opt(200, "checkpoint every N steps", output=False)
-    save_total_limit: int | None = opt(2, "keep at most N checkpoints", output=False)
-    resume: bool = opt(
-        True, "resume from the newest complete checkpoint in out when there is one", output=False
-    )
-    report_to: str = opt("none", "none, tensorboard, wandb ...", output=False)
-    overwrite: bool = opt(False, "discard what out holds and train from scratch", output=False)
-    quiet: bool = opt(
-        False, "no progress bar or per-step lines (train_log.jsonl is still written)", output=False
-    )
 
     def __post_init__(self):
         for name in self.reward_names():
@@ -379,7 +344,7 @@ def grpo_args(config: GrpoConfig, precision):
     from .training.precision import trainer_arguments
 
     return GRPOConfig(
-        output_dir=config.out,
+        **config.trl_arguments(),
         num_generations=config.num_generations,
         temperature=config.temperature,
         top_p=config.top_p,
@@ -390,21 +355,8 @@ def grpo_args(config: GrpoConfig, precision):
         num_iterations=config.num_iterations,
         epsilon=config.epsilon,
         reward_weights=config.weights(),
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        max_steps=config.max_steps,
-        num_train_epochs=config.num_train_epochs,
         per_device_train_batch_size=config.per_device_train_batch_size or config.num_generations,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        report_to=config.report_to,
         remove_unused_columns=False,  # the rewards read the prompt's columns
-        disable_tqdm=config.quiet,
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
         vllm_server_base_url=config.vllm_server_base_url,

@@ -35,8 +35,8 @@ from typing import Literal
 
 from . import distributed
 from .config import opt, output_settings, required
-from .models.families import LANGUAGE_TARGETS
 from .options import ImageLimit, ModelFamily, PixelBudget
+from .training.options import LoraOptions, TrainerOptions
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ HELP = "DPO training on preference pairs (TRL DPOTrainer; LoRA on the language m
 
 
 @dataclass
-class TrainConfig(ModelFamily, PixelBudget, ImageLimit):
+class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptions):
     """`spr train`; the defaults follow the SPR authors' DPO scripts where they say (for 7B models: the shapes
     world demo trains its tiny model at a higher rate, with an SFT term)."""
 
@@ -56,32 +56,15 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit):
         None, "continue training this LoRA adapter of --model (a round of `spr run --reference base`); the "
         "reference stays --model itself"
     )
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    lora_target_modules: list[str] | None = opt(
-        None, "names of the language model's linear layers that get LoRA", default_text=" ".join(LANGUAGE_TARGETS)
-    )
-    train_vision: bool = opt(False, "also train the vision tower and projector (LoRA on all their linears)")
     beta: float = opt(0.1, "DPO beta (how far the policy may move from the reference)")
     loss_type: list[str] = opt(["sigmoid"], "TRL loss type(s): sigmoid, ipo, hinge, robust, ..., sft (an SFT term on chosen)")
     loss_weights: list[float] | None = opt(None, "weights, one per loss type", default_text="1 each")
     label_smoothing: float = opt(0.0, "robust / EXO label smoothing")
-    learning_rate: float = opt(1e-5, "peak learning rate", above=0)
-    lr_scheduler_type: str = opt("cosine", "learning-rate schedule (transformers' names)")
     warmup_ratio: float = opt(0.1, "fraction of steps for linear warm-up", min=0, max=1)
     num_train_epochs: float = opt(1.0, "epochs over the pairs", above=0)
-    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)", min=1, special=(-1,))
     per_device_train_batch_size: int = opt(4, "pairs per device per step", min=1)
-    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update", min=1)
     max_length: int | None = opt(
         None, "truncate prompt + answer to this many tokens; never below the prompt (image tokens are kept)"
-    )
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
-        "auto", "weights and mixed precision: auto (bf16 on GPUs that have it, fp32 on CPU), bfloat16 or float32"
-    )
-    gradient_checkpointing: bool | None = opt(
-        None, "recompute activations in the backward pass to save memory", default_text="on on GPU, off on CPU"
     )
     cache_reference: bool | None = opt(
         None, "compute the frozen reference's log-probs of every pair once, before the first step, into a file "
@@ -94,16 +77,9 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit):
         output=False,
     )  # fmt: skip
     seed: int = opt(0, "random seed (initialisation, data order, dropout)")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto (GPU when available), cpu or cuda", output=False)
     logging_steps: int = opt(10, "log every N steps", output=False)
-    save_steps: int = opt(200, "checkpoint every N steps", output=False)
-    save_total_limit: int | None = opt(2, "keep at most N checkpoints", output=False)
-    resume: bool = opt(True, "resume from the newest complete checkpoint in out when there is one", output=False)
     skip_bad: bool = opt(False, "skip pairs that cannot be used, and count them (default: stop and name them)")
-    report_to: str = opt("none", "none, tensorboard, wandb ...", output=False)
     dataloader_num_workers: int = opt(0, "processes that load images", output=False)
-    overwrite: bool = opt(False, "discard what out holds and train from scratch", output=False)
-    quiet: bool = opt(False, "no progress bar or per-step lines (train_log.jsonl is still written)", output=False)
 
     def __post_init__(self):
         if isinstance(self.loss_type, str):
@@ -149,29 +125,16 @@ def dpo_config(config: TrainConfig, precision):
     from .training.precision import trainer_arguments
 
     return DPOConfig(
-        output_dir=config.out,
+        **config.trl_arguments(),
         beta=config.beta,
         loss_type=list(config.loss_type),
         loss_weights=config.loss_weights,
         label_smoothing=config.label_smoothing,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
         per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        report_to=config.report_to,
         remove_unused_columns=False,  # the dataset transform needs its columns to load images
         dataloader_num_workers=config.dataloader_num_workers,
         precompute_ref_log_probs=False,  # TRL refuses it for vision data
-        disable_tqdm=config.quiet,
         **trainer_arguments(precision),
     )
 
