@@ -151,8 +151,7 @@ def test_bootstrap_interval_covers_a_known_difference_about_95_percent_of_the_ti
     elapsed = time.perf_counter() - start
     coverage = covered / datasets
     print(f"coverage {coverage:.3f}, mean width {np.mean(widths):.4f}, {elapsed:.2f} s")
-    assert 0.90 <= coverage <= 0.99
-    assert elapsed < 5.0
+    assert 0.90 <= coverage <= 0.99  # (its speed is a benchmark's business, not a unit test's: no time bound)
     # pairing is what keeps the interval narrow: the unpaired binomial standard error is far larger
     unpaired_se = math.sqrt(0.65 * 0.35 / 500 + 0.70 * 0.30 / 500)
     assert np.mean(widths) < 2 * 1.96 * unpaired_se * 0.8
