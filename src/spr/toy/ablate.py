@@ -48,6 +48,7 @@ ARMS: dict[str, Arm] = {
     "greedy": Arm("+ greedy candidate", ("generate.include_greedy=true",)),
     "drop_unmatched": Arm("unmatched boxes dropped", ("score.unmatched=drop",)),
     "median": Arm("unmatched boxes: samples' median", ("score.unmatched=median",)),
+    "sft_median": Arm("SFT on chosen, unmatched: median", ("train.loss_type=[sft]", "score.unmatched=median")),
     "temp07": Arm("sampling temperature 0.7", ("generate.temperature=0.7",)),
     "self_refined": Arm("self-refined pairs", ("pairs.pairing=self_refined",)),
     "rounds2": Arm("2 on-policy rounds", ("rounds=2",)),
