@@ -83,3 +83,22 @@ def test_an_experiment_grows_by_more_arms_and_seeds_but_not_by_other_settings():
     assert output_settings(AblateConfig(arms=["spr", "continued"], seeds=[0, 1, 2])) == first
     assert output_settings(AblateConfig(arms=["spr"], seeds=[0], steps=480)) != first
     assert output_settings(AblateConfig(arms=["spr"], seeds=[0], eval_split="test")) != first
+
+
+def test_an_arm_shares_no_stage_after_one_whose_settings_differ(tmp_path):
+    from spr.toy.ablate import share_from
+
+    donor, arm = tmp_path / "spr-seed0", tmp_path / "greedy-seed0"
+    steps = {"round-1/regions": "regions.jsonl", "round-1/generate": "candidates.jsonl", "round-1/score": "scores.jsonl"}
+    for run in (donor, arm):
+        (run / "round-1").mkdir(parents=True)
+        for step, out in steps.items():
+            extra = "include_greedy: true\n" if run == arm and step.endswith("generate") else ""
+            (run / f"{step}.yaml").write_text(f"out: {run / 'round-1' / out}\n{extra}")
+    for out in steps.values():
+        (donor / "round-1" / out).write_text("{}\n")
+    (donor / "run_state.json").write_text(json.dumps({"done": dict.fromkeys(steps, 1.0)}))
+    share_from(donor, arm)
+    assert (arm / "round-1" / "regions.jsonl").exists()  # the same settings: copied
+    # greedy samples other candidates, so the donor's scores (same score settings) are not its scores
+    assert not (arm / "round-1" / "candidates.jsonl").exists() and not (arm / "round-1" / "scores.jsonl").exists()

@@ -146,32 +146,33 @@ def arm_run_config(c: AblateConfig, arm: str, seed: int, out: Path):
 
 def share_from(donor: Path, run: Path, prefixes=SHARED) -> None:
     """Copy the stages of ``prefixes`` that ``donor`` finished under the same settings into ``run``; the settings
-    headers that name the donor's own files are rewritten to name ``run``'s."""
+    headers that name the donor's own files are rewritten to name ``run``'s. Sharing stops at the first stage whose
+    settings differ: a later stage with the same settings still reads that stage's other output (greedy's score
+    step reads candidates the donor never sampled)."""
     from ..pipeline import RunState
 
     done = RunState(donor).done
-    for prefix in prefixes:
-        for step in [s for s in done if s == prefix or s.startswith(prefix + "/")]:
-            yaml_file = donor / (step.replace(" ", "-") + ".yaml")
-            ours = run / yaml_file.relative_to(donor)
-            if not ours.exists() or yaml_file.read_text().replace(str(donor), str(run)) != ours.read_text():
+    for step in [s for prefix in prefixes for s in done if s == prefix or s.startswith(prefix + "/")]:
+        yaml_file = donor / (step.replace(" ", "-") + ".yaml")
+        ours = run / yaml_file.relative_to(donor)
+        if not ours.exists() or yaml_file.read_text().replace(str(donor), str(run)) != ours.read_text():
+            return
+        for path in map(Path, _outputs(yaml_file)):
+            target = run / path.relative_to(donor)
+            if target.exists():
                 continue
-            for path in map(Path, _outputs(yaml_file)):
-                target = run / path.relative_to(donor)
-                if target.exists():
-                    continue
-                if path.is_dir():
-                    shutil.copytree(path, target)
-                    copied = list(target.rglob("spr_settings.json"))
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    copied = []
-                    for sibling in path.parent.glob(path.stem + ".*"):  # the file, its settings and summary
-                        shutil.copy2(sibling, target.parent / sibling.name)
-                        copied.append(target.parent / sibling.name)
-                for f in copied:
-                    if f.name.endswith("settings.json"):
-                        f.write_text(f.read_text().replace(str(donor), str(run)))
+            if path.is_dir():
+                shutil.copytree(path, target)
+                copied = list(target.rglob("spr_settings.json"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                copied = []
+                for sibling in path.parent.glob(path.stem + ".*"):  # the file, its settings and summary
+                    shutil.copy2(sibling, target.parent / sibling.name)
+                    copied.append(target.parent / sibling.name)
+            for f in copied:
+                if f.name.endswith("settings.json"):
+                    f.write_text(f.read_text().replace(str(donor), str(run)))
 
 
 def _outputs(yaml_file: Path) -> list[str]:
