@@ -20,6 +20,9 @@ def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
     assert spr.rounds == 1 and two.rounds == 2
     assert spr.train["max_steps"] == 60 and two.train["max_steps"] == 30  # the same budget in all
     assert dpo.train["loss_type"] == ["sigmoid"] and spr.train["loss_type"] == ["sigmoid", "sft"]
+    assert arm_run_config(c, "dpo_light", 1, tmp_path / "e").train["loss_weights"] == [0.2, 1.0]
+    # the arms vary the paper's recipe on world seed 0, whatever recipe and world the demo runs
+    assert spr.world["seed"] == 0 and spr.score.get("unmatched", "keep") == "keep"
     assert spr.regions["seed"] == spr.generate["seed"] == spr.train["seed"] == 1
     assert arm_run_config(c, "grpo_iou", 1, tmp_path / "d").grpo["seed"] == 1  # online RL samples by the seed too
     assert spr.eval["rec"]["data"] == "{world}/val/rec.jsonl" and spr.world["test"] == 0  # no test scene drawn

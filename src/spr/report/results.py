@@ -97,7 +97,9 @@ def results_section(data: ReportData) -> str:
     explain = (
         "REC acc@t: share of referring expressions whose predicted box has IoU &gt;= t with the annotated one (no "
         "box is a miss). Description F1@t: each region's described boxes matched one-to-one with its annotated "
-        "objects at IoU &gt;= t, micro-averaged over regions. "
+        "objects at IoU &gt;= t, micro-averaged over regions. width_error, height_error, centre_dx, centre_dy: mean "
+        "signed error in pixels (predicted minus annotated) of the REC boxes that hit (IoU &gt;= 0.5), the "
+        "systematic part of the box error (boxes too loose, too tight, shifted): nearer 0 is better. "
         + (
             f"Deltas in brackets are against the first model, <b>{escape(base)}</b>."
             if len(names) > 1

@@ -43,6 +43,7 @@ ARMS: dict[str, Arm] = {
     "spr": Arm("SPR (λ 0.8, DPO + SFT term)"),
     "dpo": Arm("pure DPO", ("train.loss_type=[sigmoid]",)),
     "sft_chosen": Arm("SFT on chosen", ("train.loss_type=[sft]",)),
+    "dpo_light": Arm("DPO 0.2 + SFT 1", ("train.loss_weights=[0.2,1.0]",)),
     "lambda0": Arm("λ 0 (loc. only)", ("score.lambda=0.0",)),
     "lambda1": Arm("λ 1 (sem. only)", ("score.lambda=1.0",)),
     "greedy": Arm("+ greedy candidate", ("generate.include_greedy=true",)),
@@ -125,11 +126,19 @@ def split_overrides(split: str, scenes: int) -> list[str]:
     ]
 
 
+def paper_recipe(demo):
+    """The demo's config with the paper's recipe (DPO + SFT term, unmatched boxes kept) on world seed 0: what
+    every arm varies. The demo itself runs the recipe the arms chose, on a world of its own."""
+    score = {k: v for k, v in demo.score.items() if k != "unmatched"}
+    train = {"beta": 0.1, "loss_type": ["sigmoid", "sft"], **{k: v for k, v in demo.train.items() if k != "loss_type"}}
+    return replace(demo, world={**demo.world, "seed": 0}, score=score, train=train)
+
+
 def arm_run_config(c: AblateConfig, arm: str, seed: int, out: Path):
     """The run config of ``arm`` for ``seed`` in directory ``out``."""
     from .demo import DemoConfig, demo_config
 
-    base = demo_config(DemoConfig(out=str(out)))
+    base = paper_recipe(demo_config(DemoConfig(out=str(out))))
     overrides = [*c.set, *split_overrides(c.eval_split, c.eval_scenes), *ARMS[arm].overrides,
                  f"regions.seed={seed}", f"generate.seed={seed}", f"train.seed={seed}"]  # fmt: skip
     config = replace(base, set=overrides, title=f"{ARMS[arm].title}, seed {seed}")
