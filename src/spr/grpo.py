@@ -1,7 +1,6 @@
 """`spr grpo`: online RL with the SPR scores as rewards, TRL's GRPOTrainer, LoRA on the language model.
 
-Read top to bottom: the config; the prompts (grounded-description prompts of regions, the family's REC prompt of
-referring expressions) as a dataset whose rows carry what the rewards read (:mod:`spr.rewards`); the trainer
+Read top to bottom: the config; the prompts as a dataset (:mod:`spr.training.grpo_rows`); the trainer
 (the model in its precision on its device, as in `spr train`; LoRA on the language model's linears); the run
 (resume from the newest complete checkpoint, save, a summary table, tear the process group down).
 
@@ -189,93 +188,6 @@ def settings(config: GrpoConfig) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- prompts
-
-
-def _checked_image(
-    path: str, config: GrpoConfig, seen: dict, problems: list[str], expected_size=None
-) -> bool:
-    """Whether the image at ``path`` decodes (once per path); a problem is recorded when it does not."""
-    from .data.images import ImageProblem, load_image
-
-    if path not in seen:
-        try:
-            seen[path] = list(load_image(path, config.max_image_pixels, expected_size).size)
-        except ImageProblem as e:
-            seen[path] = None
-            problems.append(f"skipped: {e}")
-    return seen[path] is not None
-
-
-def region_rows(config: GrpoConfig, adapter, problems: list[str]) -> list[dict]:
-    """One row per region and description prompt."""
-    from .generate import read_regions
-    from .prompts import select_templates
-    from .rewards import region_columns
-
-    templates = select_templates(config.prompts)
-    rows, seen = [], {}
-    for region in read_regions(config.regions, config.limit):
-        if not _checked_image(region.image, config, seen, problems, region.image_size):
-            continue
-        for prompt in adapter.description_prompts(region, templates):
-            rows.append(
-                {
-                    "image": region.image,
-                    "crop_box": json.dumps(prompt.crop_box) if prompt.crop_box else "",
-                    "prompt": json.dumps(adapter.messages(prompt.text)),
-                    **region_columns(region, prompt, adapter.fmt, adapter.pixel_budget()),
-                }
-            )
-    return rows
-
-
-def rec_rows(config: GrpoConfig, adapter, problems: list[str]) -> list[dict]:
-    """One row per referring expression, with the family's REC prompt on the full image."""
-    from .evaluate.readers import read_rec
-    from .rewards import rec_columns
-
-    read_problems: list[str] = []
-    samples = read_rec(
-        config.rec, config.rec_images, None, config.rec_splits, read_problems, limit=config.limit
-    )
-    problems += read_problems
-    rows, seen = [], {}
-    for s in samples[: config.limit]:
-        if not _checked_image(s.image, config, seen, problems):
-            continue
-        size = seen[s.image]
-        text = adapter.rec_prompt(s.expression)
-        rows.append(
-            {
-                "image": s.image,
-                "crop_box": "",
-                "prompt": json.dumps(adapter.messages(text)),
-                **rec_columns(
-                    s.id, s.image, size, s.expression, s.box, text, adapter.fmt, adapter.geometry(size)
-                ),
-            }
-        )
-    return rows
-
-
-def _materialize(batch: dict) -> dict:
-    """datasets transform: the stored strings -> TRL's conversational prompt with its image (the view)."""
-    from .training.rows import load_view
-
-    out = {k: v for k, v in batch.items() if k not in ("image", "crop_box", "prompt")}
-    out["prompt"] = [json.loads(p) for p in batch["prompt"]]
-    out["image"] = [load_view(p, c) for p, c in zip(batch["image"], batch["crop_box"])]
-    return out
-
-
-def build_dataset(rows: list[dict]):
-    """A ``datasets.Dataset`` of prompts that holds strings only; images load when a batch is drawn."""
-    from datasets import Dataset
-
-    return Dataset.from_list(rows).with_transform(_materialize)
-
-
 # ------------------------------------------------------------------------------------------- completions log
 
 
@@ -384,6 +296,7 @@ def build_trainer(config: GrpoConfig, callbacks=()):
     """The GRPOTrainer for ``config``; ``callbacks`` are extra ``transformers.TrainerCallback``s."""
     from .train import load_for_training
     from .training.callbacks import TrainLog
+    from .training.grpo_rows import build_dataset, rec_rows, region_rows
     from .training.grpo_trainer import SprGRPOTrainer
     from .training.parts import lora_config
     from .training.precision import decide, ignore_checkpointing_deprecation
