@@ -125,7 +125,9 @@ COMMON = dict(learning_rate=1e-5, lr_scheduler_type="cosine", beta=0.1, logging_
 
 def pixel_budget(image_tokens: int) -> dict:
     """Qwen2-VL style budget for ``image_tokens`` image tokens (28 x 28 px each) per image."""
-    return {"min_pixels": image_tokens * 28 * 28, "max_pixels": image_tokens * 28 * 28} if image_tokens else {}
+    return (
+        {"min_pixels": image_tokens * 28 * 28, "max_pixels": image_tokens * 28 * 28} if image_tokens else {}
+    )
 
 
 def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int, budget: dict,
@@ -240,7 +242,10 @@ def child(args) -> None:
         times, pass_s = run_spr(args.method, str(run[0]), *run[1:], budget, shared=args.impl == "spr shared")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    print("RESULT " + json.dumps({"times": times, "peak_mb": peak_mb, "gpu_mb": gpu_mb, "pass_s": pass_s}), flush=True)
+    print(
+        "RESULT " + json.dumps({"times": times, "peak_mb": peak_mb, "gpu_mb": gpu_mb, "pass_s": pass_s}),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -258,7 +263,10 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads per run (1: stable timings on a shared machine)"
     )
     parser.add_argument(
-        "--image-tokens", type=int, default=256, help="image tokens per image (0: the tiny model's own budget)"
+        "--image-tokens",
+        type=int,
+        default=256,
+        help="image tokens per image (0: the tiny model's own budget)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -305,7 +313,8 @@ def main() -> None:
                         sys.exit(f"{impl} {method} failed:\n{proc.stderr[-3000:]}")
                     r = json.loads(line[len("RESULT ") :])
                     r["step"] = statistics.median(r["times"][1:])
-                    r["total"] = sum(r["times"]) + r["pass_s"]  # every step, and the reference pass before them
+                    # every step, and the reference pass before them
+                    r["total"] = sum(r["times"]) + r["pass_s"]
                     results.setdefault((impl, method), []).append(r)
                     shutil.rmtree(out, ignore_errors=True)  # a fresh output dir: no resume between rounds
         best = {

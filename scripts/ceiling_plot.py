@@ -49,7 +49,9 @@ def main() -> None:
     for arm in ARMS:
         rows = [changes(e / f"{arm}-seed{args.seed}") for e in args.experiments]
         for steps, row in zip(args.steps, rows):
-            print(arm, steps, " ".join(f"{k} {v:+.3f}" if v is not None else f"{k} -" for k, v in row.items()))
+            print(
+                arm, steps, " ".join(f"{k} {v:+.3f}" if v is not None else f"{k} -" for k, v in row.items())
+            )
         per_arm[arm] = [dict.fromkeys(THRESHOLDS, 0.0), *rows]  # the base itself at step 0
     values = [v for rows in per_arm.values() for r in rows for v in r.values() if v is not None]
     y_range = tick_range(min(values), max(values))
@@ -62,7 +64,9 @@ def main() -> None:
     width, height = 520, 300
     body = "".join(f'<g transform="translate(0,{i * height})">{c}</g>' for i, c in enumerate(charts))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * len(charts)}" font-family="sans-serif">{body}</svg>\n')
+    args.out.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * len(charts)}" font-family="sans-serif">{body}</svg>\n'
+    )
     print(f"wrote {args.out}")
 
 

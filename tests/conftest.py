@@ -34,13 +34,22 @@ def make_coco(root: Path, n_images: int = 3, size=(640, 480), objects=(7, 6, 3),
             w, h = rng.randint(30, 90), rng.randint(30, 90)
             x, y = rng.randint(0, size[0] - w), rng.randint(0, size[1] - h)
             box = (x, y, x + w, y + h)
-            if any(not (box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1]) for b in placed):
+            if any(
+                not (box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1]) for b in placed
+            ):
                 continue
             placed.append(box)
             cat = rng.randrange(len(COLOURS))
             draw.rectangle(box, fill=list(COLOURS.values())[cat])
             annotations.append(
-                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat + 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
             )
         name = f"img{i + 1:03d}.png"
         im.save(images_dir / name)

@@ -198,7 +198,13 @@ def make_dpo_jsonl(
                         {
                             "role": "assistant",
                             "content": [
-                                {"type": "text", "text": f"the {label} " + formats.format_box(box, fmt, view, **(geometry_fn(view) if geometry_fn else {}))}
+                                {
+                                    "type": "text",
+                                    "text": f"the {label} "
+                                    + formats.format_box(
+                                        box, fmt, view, **(geometry_fn(view) if geometry_fn else {})
+                                    ),
+                                }
                             ],
                         }
                     ],
@@ -208,7 +214,10 @@ def make_dpo_jsonl(
                             "content": [
                                 {
                                     "type": "text",
-                                    "text": f"the {label} " + formats.format_box(other, fmt, view, **(geometry_fn(view) if geometry_fn else {})),
+                                    "text": f"the {label} "
+                                    + formats.format_box(
+                                        other, fmt, view, **(geometry_fn(view) if geometry_fn else {})
+                                    ),
                                 }
                             ],
                         }

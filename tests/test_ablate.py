@@ -24,14 +24,18 @@ def test_an_arm_is_the_demo_run_with_its_overrides(tmp_path):
     # the arms vary the paper's recipe on world seed 0, whatever recipe and world the demo runs
     assert spr.world["seed"] == 0 and spr.score.get("unmatched", "keep") == "keep"
     assert spr.regions["seed"] == spr.generate["seed"] == spr.train["seed"] == 1
-    assert arm_run_config(c, "grpo_iou", 1, tmp_path / "d").grpo["seed"] == 1  # online RL samples by the seed too
-    assert spr.eval["rec"]["data"] == "{world}/val/rec.jsonl" and spr.world["test"] == 0  # no test scene drawn
+    # online RL samples by the seed too
+    assert arm_run_config(c, "grpo_iou", 1, tmp_path / "d").grpo["seed"] == 1
+    # no test scene drawn
+    assert spr.eval["rec"]["data"] == "{world}/val/rec.jsonl" and spr.world["test"] == 0
     with pytest.raises(ValueError, match="unknown arm"):
         AblateConfig(arms=["spr", "ppo"])
 
 
 @pytest.mark.slow
-def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_they_can(tmp_path, tiny_model_dir):
+def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_they_can(
+    tmp_path, tiny_model_dir
+):
     out = tmp_path / "ablate"
     config = AblateConfig(out=str(out), arms=["spr", "sft_chosen", "continued", "grpo_iou"], seeds=[0], steps=2, eval_scenes=3,
                           set=[*SMALL, f"model={tiny_model_dir('qwen2_vl')}", "score.semantic=labels"])  # fmt: skip
@@ -47,7 +51,10 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
     # the second arm reused the first's candidates (copied, then nothing left to generate)
     shared = json.loads((out / "sft_chosen-seed0" / "round-1" / "candidates.summary.json").read_text())
     assert shared["written"] == 0 and shared["already_present"] > 0
-    sft = [json.loads(line) for line in (out / "continued-seed0" / "round-1" / "sft.jsonl").read_text().splitlines()]
+    sft = [
+        json.loads(line)
+        for line in (out / "continued-seed0" / "round-1" / "sft.jsonl").read_text().splitlines()
+    ]
     assert len(sft) == 2 * 4 and all(r["rejected"] == r["chosen"] for r in sft)
     table = (out / "results.md").read_text()
     assert "held-out val scenes" in table and "continued SFT" in table and "| wall time (s)" in table
@@ -70,8 +77,14 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
 def test_results_table_shows_mean_and_spread_of_the_change():
     results = {
         "base": {"acc@0.9": 0.5, "rec_n": 100},
-        "summary": {"spr": {"seeds": 3, "acc@0.9": {"mean": 0.6, "delta_mean": 0.1, "delta_sd": 0.02},
-                            "seconds": {"mean": 10.0}, "generated tokens": {"mean": 5.0}}},  # fmt: skip
+        "summary": {
+            "spr": {
+                "seeds": 3,
+                "acc@0.9": {"mean": 0.6, "delta_mean": 0.1, "delta_sd": 0.02},
+                "seconds": {"mean": 10.0},
+                "generated tokens": {"mean": 5.0},
+            }
+        },  # fmt: skip
         "settings": {"seeds": [0, 1, 2], "eval_split": "test", "steps": 120},
     }
     table = results_markdown(results)
@@ -92,7 +105,11 @@ def test_an_arm_shares_no_stage_after_one_whose_settings_differ(tmp_path):
     from spr.toy.ablate import share_from
 
     donor, arm = tmp_path / "spr-seed0", tmp_path / "greedy-seed0"
-    steps = {"round-1/regions": "regions.jsonl", "round-1/generate": "candidates.jsonl", "round-1/score": "scores.jsonl"}
+    steps = {
+        "round-1/regions": "regions.jsonl",
+        "round-1/generate": "candidates.jsonl",
+        "round-1/score": "scores.jsonl",
+    }
     for run in (donor, arm):
         (run / "round-1").mkdir(parents=True)
         for step, out in steps.items():
@@ -104,4 +121,7 @@ def test_an_arm_shares_no_stage_after_one_whose_settings_differ(tmp_path):
     share_from(donor, arm)
     assert (arm / "round-1" / "regions.jsonl").exists()  # the same settings: copied
     # greedy samples other candidates, so the donor's scores (same score settings) are not its scores
-    assert not (arm / "round-1" / "candidates.jsonl").exists() and not (arm / "round-1" / "scores.jsonl").exists()
+    assert (
+        not (arm / "round-1" / "candidates.jsonl").exists()
+        and not (arm / "round-1" / "scores.jsonl").exists()
+    )

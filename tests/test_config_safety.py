@@ -61,7 +61,9 @@ def test_the_special_value_outside_the_range_and_yaml_numbers_are_checked_alike(
 
 def _run_config(tmp_path, body: str):
     file = tmp_path / "run.yaml"
-    file.write_text(f"out: {tmp_path / 'run'}\nmodel: m\nregions: {{annotations: a.json, images: img}}\n{body}")
+    file.write_text(
+        f"out: {tmp_path / 'run'}\nmodel: m\nregions: {{annotations: a.json, images: img}}\n{body}"
+    )
     return file
 
 

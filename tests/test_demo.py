@@ -17,7 +17,8 @@ def test_the_shipped_demo_config_is_a_run_config_of_every_stage(tmp_path):
     assert steps[0] == "world" and "round-1/generate" in steps and steps[-1] == "round-1/eval description"
     assert "eval/base/eval rec" in steps  # the base is evaluated on the same data
     assert config.model == "{assets}/base_loose" and config.score["clip_model"] == "{assets}/clip"
-    assert config.train["loss_type"] == ["sft"] and config.score["unmatched"] == "median"  # the validated recipe
+    # the validated recipe
+    assert config.train["loss_type"] == ["sft"] and config.score["unmatched"] == "median"
     assert CONFIG.exists()
 
 

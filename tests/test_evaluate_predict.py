@@ -66,7 +66,9 @@ def test_rec_prediction_uses_the_first_box_in_original_pixels_and_counts_misses(
             "the yellow box": _box_text("img2", 1),
         }
     )
-    m = run_task(rec, "scripted", data, tmp_path / "run", adapter, splits=["val", "test", "testC"], batch_size=2)
+    m = run_task(
+        rec, "scripted", data, tmp_path / "run", adapter, splits=["val", "test", "testC"], batch_size=2
+    )
     assert m["n"] == 5
     assert m["acc@0.5"] == pytest.approx(2 / 5) and m["acc@0.9"] == pytest.approx(2 / 5)
     assert m["parse_fail"] == pytest.approx(1 / 5) and m["image_fail"] == pytest.approx(1 / 5)
@@ -139,7 +141,10 @@ def test_caption_prediction_strips_boxes_and_scores(tmp_path):
     )
 
 
-FAMILIES = ["qwen2_vl", *(pytest.param(f, marks=pytest.mark.slow) for f in available_families() if f != "qwen2_vl")]
+FAMILIES = [
+    "qwen2_vl",
+    *(pytest.param(f, marks=pytest.mark.slow) for f in available_families() if f != "qwen2_vl"),
+]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -193,12 +198,13 @@ def test_description_boxes_are_matched_one_to_one_at_both_thresholds(tmp_path, s
     text_for = {r.id: prompts.render(template, r, probe.fmt, probe.geometry).text for r in regions}
     (red, red_box), (blue, blue_box) = SCENES["img1"][1]
     size = SCENES["img1"][0]
+    # IoU 0.81: a hit at 0.5 and 0.75
     slightly_off = (
         blue_box[0] + 4,
         blue_box[1] + 4,
         blue_box[2],
         blue_box[3],
-    )  # IoU 0.81: a hit at 0.5 and 0.75
+    )
     far_off = (blue_box[0] + 12, blue_box[1] + 12, blue_box[2], blue_box[3])  # IoU 0.49: a miss at both
     answer = (
         f"<|object_ref_start|>a {red}<|object_ref_end|>{formats.format_box(red_box, 'qwen2_vl', size)} next to "

@@ -268,7 +268,11 @@ def test_rec_box_errors_show_a_systematic_bias_and_ignore_misses():
     gt = [10.0, 10.0, 40.0, 40.0]
     preds = [
         {"gt_box": gt, "pred_box": [8.0, 9.0, 42.0, 41.0], "status": "ok"},
-        {"gt_box": gt, "pred_box": [9.0, 10.0, 43.0, 42.0], "status": "ok"},  # +4 wide, +2 high, shifted +1 / +1
+        {
+            "gt_box": gt,
+            "pred_box": [9.0, 10.0, 43.0, 42.0],
+            "status": "ok",
+        },  # +4 wide, +2 high, shifted +1 / +1
         {"gt_box": gt, "pred_box": [60.0, 60.0, 90.0, 90.0], "status": "ok"},  # a miss
         {"gt_box": gt, "pred_box": None, "status": "no_box"},
     ]

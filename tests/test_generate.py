@@ -154,7 +154,9 @@ def spr_command(*args):
 
 
 @pytest.mark.slow
-def test_a_run_killed_at_three_points_and_resumed_equals_a_clean_run_byte_for_byte(tiny_model_dir, regions, tmp_path):
+def test_a_run_killed_at_three_points_and_resumed_equals_a_clean_run_byte_for_byte(
+    tiny_model_dir, regions, tmp_path
+):
     model = tiny_model_dir("qwen2_vl")
     settings = ["--samples", "2", "--max-new-tokens", "32", "--batch-size", "2"]
     clean = tmp_path / "clean.jsonl"
@@ -201,7 +203,12 @@ def test_include_greedy_adds_the_greedy_answer_of_each_prompt(tiny_model_dir, re
     assert len(greedy) == 3 and all(c.sample == -1 for c in greedy)
     # the greedy answer is the model's own greedy decoding of that prompt
     again = tmp_path / "g.jsonl"
-    assert generate(tiny_model_dir("qwen2_vl"), regions, again, "--temperature", "0", "--samples", "1", "--limit", "1") == 0
+    assert (
+        generate(
+            tiny_model_dir("qwen2_vl"), regions, again, "--temperature", "0", "--samples", "1", "--limit", "1"
+        )
+        == 0
+    )
     for c in read_records(again, Candidate):
         assert cands[c.id.rsplit("/", 1)[0] + "/greedy"].text == c.text
 

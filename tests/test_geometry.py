@@ -56,7 +56,19 @@ def test_a_non_default_pixel_budget_travels_from_generate_to_train_and_eval(tiny
     write_jsonl(tmp_path / "candidates.jsonl", cands)
     files = ["--regions", str(tmp_path / "regions.jsonl"), "--candidates", str(tmp_path / "candidates.jsonl")]
     assert main(["score", *files, "--out", str(tmp_path / "scores.jsonl"), "--semantic", "none"]) == 0
-    assert main(["pairs", *files, "--scores", str(tmp_path / "scores.jsonl"), "--out", str(tmp_path / "pairs.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "pairs",
+                *files,
+                "--scores",
+                str(tmp_path / "scores.jsonl"),
+                "--out",
+                str(tmp_path / "pairs.jsonl"),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (tmp_path / "dpo.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     references = {label: box for label, box, _ in OBJECTS}
@@ -70,7 +82,9 @@ def test_a_non_default_pixel_budget_travels_from_generate_to_train_and_eval(tiny
         # the refined chosen answer, read as the trained model will read it: the objects, in original pixels
         for g in formats.parse(chosen, "qwen2_5_vl", view, **adapter.geometry(view)):
             box = shifted(g.box, ox, oy)
-            assert box == pytest.approx(references[g.phrase], abs=view[0] / adapter.geometry(view)["input_size"][0] + 1e-6)
+            assert box == pytest.approx(
+                references[g.phrase], abs=view[0] / adapter.geometry(view)["input_size"][0] + 1e-6
+            )
         # read under the checkpoint's default budget the same text means other places
         wrong = formats.parse(chosen, "qwen2_5_vl", view, **default.geometry(view))
         assert any(shifted(g.box, ox, oy) != pytest.approx(references[g.phrase], abs=2) for g in wrong)

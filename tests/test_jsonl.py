@@ -38,7 +38,9 @@ def test_bad_line_names_file_and_line(tmp_path):
 def test_missing_field_names_the_record(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"id": "p1", "region_id": "r"}) + "\n")
-    with pytest.raises(JsonlError, match=r"pairs.jsonl: record 1: pair record 'p1' is missing field\(s\): chosen"):
+    with pytest.raises(
+        JsonlError, match=r"pairs.jsonl: record 1: pair record 'p1' is missing field\(s\): chosen"
+    ):
         read_records(path, Pair)
 
 

@@ -24,7 +24,9 @@ def lora_dir(tiny_model_dir, tmp_path_factory):
     base = tiny_model_dir("qwen2_vl")
     loaded = models.load(str(base))
     config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=lora_target_regex(loaded.model, loaded.spec, ["q_proj", "v_proj"], False)
+        r=4,
+        lora_alpha=8,
+        target_modules=lora_target_regex(loaded.model, loaded.spec, ["q_proj", "v_proj"], False),
     )
     peft_model = get_peft_model(loaded.model, config)
     torch.manual_seed(0)
@@ -88,7 +90,9 @@ def test_merge_cli_and_bad_inputs(lora_dir, tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("family", models.available_families())
-def test_merged_directory_loads_with_plain_transformers_and_keeps_every_file(family, tiny_model_dir, tmp_path):
+def test_merged_directory_loads_with_plain_transformers_and_keeps_every_file(
+    family, tiny_model_dir, tmp_path
+):
     """Merged checkpoints that lose generation_config.json, the chat template or preprocessor settings are a
     common complaint (LLaMA-Factory #5749, #10169): the merged directory is a complete model directory."""
     import transformers
@@ -105,11 +109,16 @@ def test_merged_directory_loads_with_plain_transformers_and_keeps_every_file(fam
     loaded.processor.save_pretrained(str(adapter))
     out = merge(adapter, tmp_path / "merged", base=base)
 
-    assert {"generation_config.json", "chat_template.jinja", "tokenizer_config.json"} <= {p.name for p in base.iterdir()}
+    assert {"generation_config.json", "chat_template.jinja", "tokenizer_config.json"} <= {
+        p.name for p in base.iterdir()
+    }
+
     def content(path):  # a processor saved after a local load also records how it was loaded: not a change
         if path.suffix != ".json":
             return path.read_bytes()
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("is_local", "local_files_only")}
+        return {
+            k: v for k, v in json.loads(path.read_text()).items() if k not in ("is_local", "local_files_only")
+        }
 
     for f in base.iterdir():  # every file of the base but its weights, unchanged
         if f.name not in ("model.safetensors", "config.json"):
@@ -123,4 +132,6 @@ def test_merged_directory_loads_with_plain_transformers_and_keeps_every_file(fam
         assert processor.chat_template == loaded.processor.chat_template
     else:  # transformers builds these families' video processors on torchvision, absent here
         image_processor = transformers.AutoImageProcessor.from_pretrained(str(out), local_files_only=True)
-        assert type(image_processor).__name__.startswith(type(loaded.processor.image_processor).__name__.removesuffix("Pil"))
+        assert type(image_processor).__name__.startswith(
+            type(loaded.processor.image_processor).__name__.removesuffix("Pil")
+        )

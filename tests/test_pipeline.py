@@ -107,7 +107,9 @@ def test_reference_base_continues_the_adapter_against_the_base(coco, tiny_model_
     out = tmp_path / "run"
     assert main(["run", "--config", str(config), "--out", str(out)]) == 0
     train2 = yaml.safe_load((out / "round-2" / "train.yaml").read_text())
-    assert train2["model"] == str(tiny_model_dir("qwen2_vl")) and train2["adapter"] == str(out / "round-1" / "adapter")
+    assert train2["model"] == str(tiny_model_dir("qwen2_vl")) and train2["adapter"] == str(
+        out / "round-1" / "adapter"
+    )
     regions = yaml.safe_load((out / "round-2" / "generate.yaml").read_text())["regions"]
     assert regions == str(out / "round-1" / "regions.jsonl")  # the same regions in every round
 
@@ -149,11 +151,32 @@ def test_the_shipped_7b_example_states_the_pixel_budget_once_and_every_stage_get
 def test_a_run_wide_setting_set_again_in_a_section_is_refused(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     regions = {"annotations": "a.json", "images": "img"}
-    bad.write_text(yaml.safe_dump({"model": "m", "regions": regions, "max_pixels": 1000, "eval": {"rec": {"max_pixels": 9}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"model": "m", "regions": regions, "max_pixels": 1000, "eval": {"rec": {"max_pixels": 9}}}
+        )
+    )
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r"), "--dry-run"]) == 2
-    assert "section eval rec: max_pixels is set for the whole run at the top; set it once" in capsys.readouterr().err
+    assert (
+        "section eval rec: max_pixels is set for the whole run at the top; set it once"
+        in capsys.readouterr().err
+    )
     bad.write_text(yaml.safe_dump({"model": "m", "regions": regions, "family": "qwen2_vl"}))
-    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r"), "--dry-run", "--set", "max_pixels=5000"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(bad),
+                "--out",
+                str(tmp_path / "r"),
+                "--dry-run",
+                "--set",
+                "max_pixels=5000",
+            ]
+        )
+        == 0
+    )
     generate = yaml.safe_load((tmp_path / "r" / "round-1" / "generate.yaml").read_text())
     assert generate["family"] == "qwen2_vl" and generate["max_pixels"] == 5000
 

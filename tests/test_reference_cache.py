@@ -50,7 +50,9 @@ def _vision_rows(trainer, spec) -> list[int]:
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     rows: list[int] = []
     encoder = base.get_submodule(spec.vision_modules[0])
-    encoder.register_forward_hook(lambda m, args, kwargs, out: rows.append(_first_tensor(args, kwargs).shape[0]), with_kwargs=True)
+    encoder.register_forward_hook(
+        lambda m, args, kwargs, out: rows.append(_first_tensor(args, kwargs).shape[0]), with_kwargs=True
+    )
     return rows
 
 
@@ -71,9 +73,13 @@ def test_cached_reference_and_shared_vision_give_todays_losses(tiny_model_dir, t
     model_dir = tiny_model_dir(family)
     data = _pairs(tmp_path, family, model_dir)
     _, today, today_margins, today_vision = _train(_config(model_dir, data, tmp_path / "today", **TODAY))
-    trainer, shared, shared_margins, shared_vision = _train(_config(model_dir, data, tmp_path / "shared", **SHARED))
+    trainer, shared, shared_margins, shared_vision = _train(
+        _config(model_dir, data, tmp_path / "shared", **SHARED)
+    )
     assert abs(today[0] - math.log(2)) > 1e-3  # the comparison is not trivially log 2
-    assert shared == pytest.approx(today, abs=1e-5) and shared_margins == pytest.approx(today_margins, abs=1e-5)
+    assert shared == pytest.approx(today, abs=1e-5) and shared_margins == pytest.approx(
+        today_margins, abs=1e-5
+    )
     assert trainer.precompute_ref_logps and trainer.spr_spec is not None
     # today: 2 steps x (policy + reference) x every image twice (chosen and rejected row): each of the 4 pairs'
     # images 4 times. Shared: the reference pass (2 batches) and the 2 steps, each image once: 2 times.
@@ -82,13 +88,19 @@ def test_cached_reference_and_shared_vision_give_todays_losses(tiny_model_dir, t
 
 
 @pytest.mark.parametrize("family", available_families())
-def test_each_pairs_image_is_processed_once_into_the_same_batch(tiny_model_dir, tmp_path, family, monkeypatch):
+def test_each_pairs_image_is_processed_once_into_the_same_batch(
+    tiny_model_dir, tmp_path, family, monkeypatch
+):
     adapter = models.load(str(tiny_model_dir(family)))
     data = _pairs(tmp_path, family, tiny_model_dir(family))
     examples = lambda: [build_dataset(read_pairs(data))[i] for i in range(3)]  # noqa: E731
     calls: list[int] = []
     original = type(adapter.processor).__call__
-    monkeypatch.setattr(type(adapter.processor), "__call__", lambda self, *a, **k: calls.append(len(k.get("images") or [])) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(adapter.processor),
+        "__call__",
+        lambda self, *a, **k: calls.append(len(k.get("images") or [])) or original(self, *a, **k),
+    )
     twice = safe_collator(adapter.processor, None)(examples())
     assert calls[0] == 6  # TRL's collator: every image for the chosen row and again for the rejected one
     calls.clear()
@@ -103,7 +115,9 @@ def test_full_fine_tuning_with_a_cached_reference_frees_the_copy(tiny_model_dir,
     model_dir = tiny_model_dir("qwen2_vl")
     data = _pairs(tmp_path, "qwen2_vl", model_dir)
     _, today, _, _ = _train(_config(model_dir, data, tmp_path / "today", method="full", **TODAY), "full")
-    trainer, shared, _, _ = _train(_config(model_dir, data, tmp_path / "shared", method="full", **SHARED), "full")
+    trainer, shared, _, _ = _train(
+        _config(model_dir, data, tmp_path / "shared", method="full", **SHARED), "full"
+    )
     assert shared == pytest.approx(today, abs=1e-5)
     assert trainer.ref_model is None
 
@@ -114,7 +128,8 @@ def test_only_vision_shared_gives_todays_loss(tiny_model_dir, tmp_path):
     _, today, _, today_vision = _train(_config(model_dir, data, tmp_path / "today", **TODAY))
     _, shared, _, shared_vision = _train(_config(model_dir, data, tmp_path / "vision", cache_reference=False))
     assert shared == pytest.approx(today, abs=1e-5)
-    assert len(shared_vision) == 2 and sum(shared_vision) * 4 == sum(today_vision)  # one call for policy and reference
+    # one call for policy and reference
+    assert len(shared_vision) == 2 and sum(shared_vision) * 4 == sum(today_vision)
 
 
 def _cache_of(config) -> tuple:
@@ -139,7 +154,9 @@ def test_the_cache_is_reused_resumed_and_follows_the_pairs(tiny_model_dir, tmp_p
     data = _pairs(tmp_path, "qwen2_vl", model_dir)
     config = _config(model_dir, data, tmp_path / "out", max_steps=1)
     trainer, path = _cache_of(config)
-    assert path.parent == data.parent and path.name.startswith("dpo.ref." + trainer.spr_reference.settings["reference"]["fingerprint"])
+    assert path.parent == data.parent and path.name.startswith(
+        "dpo.ref." + trainer.spr_reference.settings["reference"]["fingerprint"]
+    )
     calls = _count_reference_batches(trainer)
     trainer.train()
     assert calls == [2, 2]
@@ -166,7 +183,9 @@ def test_the_cache_is_reused_resumed_and_follows_the_pairs(tiny_model_dir, tmp_p
     changed.train()
     assert calls == [1]
     records = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
-    assert len(records) == 4 and records[row["id"]]["rejected"] == pytest.approx(changed.data_collator.reference[row["id"]][1])
+    assert len(records) == 4 and records[row["id"]]["rejected"] == pytest.approx(
+        changed.data_collator.reference[row["id"]][1]
+    )
 
 
 def test_a_cache_made_under_another_reference_is_refused(tiny_model_dir, tmp_path):
@@ -189,7 +208,8 @@ def test_when_the_reference_is_not_cached(tiny_model_dir, tmp_path, monkeypatch)
     off = build_trainer(_config(model_dir, data, tmp_path / "off", cache_reference=False))
     assert isinstance(off, SprDPOTrainer) and off.spr_reference is None
 
-    lines = data.read_text().splitlines()  # two pairs under one id: a cache keyed by id cannot tell them apart
+    # two pairs under one id: a cache keyed by id cannot tell them apart
+    lines = data.read_text().splitlines()
     data.write_text(lines[0] + "\n" + lines[0] + "\n")
     assert build_trainer(_config(model_dir, data, tmp_path / "repeated")).spr_reference is None
 
@@ -209,8 +229,12 @@ def test_reference_settings_name_the_cache(tiny_model_dir, tmp_path):
     from spr.training.precision import decide
 
     adapter = models.load(str(tiny_model_dir("qwen2_vl")))
-    fp32 = reference_settings(tiny_model_dir("qwen2_vl"), decide("float32", "lora", "cpu", None), None, adapter)
-    bf16 = reference_settings(tiny_model_dir("qwen2_vl"), decide("bfloat16", "lora", "cpu", None), None, adapter)
+    fp32 = reference_settings(
+        tiny_model_dir("qwen2_vl"), decide("float32", "lora", "cpu", None), None, adapter
+    )
+    bf16 = reference_settings(
+        tiny_model_dir("qwen2_vl"), decide("bfloat16", "lora", "cpu", None), None, adapter
+    )
     data = tmp_path / "dpo.jsonl"
     assert cache_path(data, fp32) != cache_path(data, bf16)  # other numbers, another file: both kept
     assert cache_path(data, fp32).name.startswith(f"dpo.ref.{fp32['reference']['fingerprint']}.")

@@ -81,7 +81,9 @@ def test_refined_text_reparses_to_the_reference_boxes_in_every_format(region, fm
     off = [(label, shifted(box, 6, -4)) for label, box, _ in OBJECTS]  # IoU 0.5-0.85 with the references
     cand = make_candidate(region, fmt, off)
     geo = GEOMETRY.get(fmt, {})
-    assert len(cand.groundings) == len(OBJECTS), formats.parse(cand.text, fmt, image_size=SIZE, **geo).problems
+    assert len(cand.groundings) == len(OBJECTS), formats.parse(
+        cand.text, fmt, image_size=SIZE, **geo
+    ).problems
     refined = refine_candidate(cand, region, REFS)
     # a coarse format (kosmos2's 32x32 patches) may already write some of the shifted boxes as the reference
     assert refined.replaced + refined.exact == len(OBJECTS) and refined.replaced > 0 and not refined.problems
@@ -251,7 +253,16 @@ def test_score_then_pairs_commands(tmp_path, capsys):
     assert row["id"] == pair.id and row["crop_box"] is None
     summary = json.loads((run / "pairs.summary.json").read_text())
     assert summary["pairs"] == 1 and summary["margin below threshold"] == 0
-    p2 = ["pairs", *files, "--scores", str(run / "scores.jsonl"), "--out", str(run / "p2.jsonl"), "--min-margin", "5"]
+    p2 = [
+        "pairs",
+        *files,
+        "--scores",
+        str(run / "scores.jsonl"),
+        "--out",
+        str(run / "p2.jsonl"),
+        "--min-margin",
+        "5",
+    ]
     assert main(p2) == 2  # its DPO rows would overwrite those of pairs.jsonl
     assert "belong to pairs.jsonl" in capsys.readouterr().err
     assert main([*p2, "--dpo-out", str(run / "p2.dpo.jsonl")]) == 0

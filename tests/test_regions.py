@@ -38,7 +38,17 @@ def test_image_with_too_few_objects_is_skipped_with_a_reason(coco):
 
 def test_growth_merges_the_nearest_object_first():
     # a row of boxes: from the left one, growth must proceed left to right
-    boxes = np.array([[0, 0, 10, 10], [15, 0, 25, 10], [100, 0, 110, 10], [30, 0, 40, 10], [60, 0, 70, 10], [200, 0, 210, 10]], float)
+    boxes = np.array(
+        [
+            [0, 0, 10, 10],
+            [15, 0, 25, 10],
+            [100, 0, 110, 10],
+            [30, 0, 40, 10],
+            [60, 0, 70, 10],
+            [200, 0, 210, 10],
+        ],
+        float,
+    )
     assert grow_region(boxes, 0, 5) == [0, 1, 3, 4, 2]
 
 
@@ -55,7 +65,17 @@ def test_regions_are_deterministic_for_a_seed_and_change_with_it(coco):
 def test_cli_writes_regions_and_resumes_without_duplicates(coco, tmp_path, capsys):
     ann, images = coco
     out = tmp_path / "regions.jsonl"
-    argv = ["regions", "--annotations", str(ann), "--images", str(images), "--out", str(out), "--per-image", "2"]
+    argv = [
+        "regions",
+        "--annotations",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--per-image",
+        "2",
+    ]
     assert main(argv) == 0
     first = read_records(out, Region)
     # simulate a kill in the middle of writing the last line
@@ -80,7 +100,20 @@ def test_truncated_json_is_a_clear_error_not_a_traceback(coco, tmp_path, capsys)
     bad = _write(tmp_path, ann.read_text()[:200])
     with pytest.raises(UserError, match="bad.json: not valid JSON"):
         load_coco(bad, images)
-    assert main(["regions", "--annotations", str(bad), "--images", str(images), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "regions",
+                "--annotations",
+                str(bad),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "r.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "not valid JSON" in capsys.readouterr().err
 
 

@@ -49,10 +49,14 @@ def bomb(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_second_generate_on_the_same_output_is_refused_and_the_file_stays_whole(tiny_model_dir, regions, tmp_path):
+def test_a_second_generate_on_the_same_output_is_refused_and_the_file_stays_whole(
+    tiny_model_dir, regions, tmp_path
+):
     many = tmp_path / "many.jsonl"  # enough work that the first run is still going when the second starts
     base = read_records(regions, Region)
-    many.write_text("".join(json.dumps({**r.to_dict(), "id": f"{r.id}-{k}"}) + "\n" for k in range(50) for r in base))
+    many.write_text(
+        "".join(json.dumps({**r.to_dict(), "id": f"{r.id}-{k}"}) + "\n" for k in range(50) for r in base)
+    )
     model, out = tiny_model_dir("qwen2_vl"), tmp_path / "c.jsonl"
     args = ("generate", "--model", model, "--regions", many, "--out", out, "--samples", "2",
             "--max-new-tokens", "48", "--batch-size", "1")  # fmt: skip
@@ -74,7 +78,9 @@ def test_a_second_generate_on_the_same_output_is_refused_and_the_file_stays_whol
     OutputLock(lock_path(out), str(out)).acquire().release()
 
 
-def test_resuming_with_other_settings_is_refused_and_overwrite_starts_over(tiny_model_dir, regions, tmp_path, capsys):
+def test_resuming_with_other_settings_is_refused_and_overwrite_starts_over(
+    tiny_model_dir, regions, tmp_path, capsys
+):
     model, out = tiny_model_dir("qwen2_vl"), tmp_path / "c.jsonl"
     base = ["generate", "--model", str(model), "--regions", str(regions), "--out", str(out), "--samples", "2",
             "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
@@ -90,7 +96,17 @@ def test_resuming_with_other_settings_is_refused_and_overwrite_starts_over(tiny_
     assert json.loads((tmp_path / "c.settings.json").read_text())["settings"]["temperature"] == 0.7
 
     scores = tmp_path / "s.jsonl"
-    score = ["score", "--regions", str(regions), "--candidates", str(out), "--out", str(scores), "--semantic", "none"]
+    score = [
+        "score",
+        "--regions",
+        str(regions),
+        "--candidates",
+        str(out),
+        "--out",
+        str(scores),
+        "--semantic",
+        "none",
+    ]
     assert main(score) == 0
     assert main([*score, "--lambda", "0.5"]) == 2
     assert "lambda: 0.8 -> 0.5" in capsys.readouterr().err
@@ -140,7 +156,9 @@ DRIVER = textwrap.dedent(
 def run_killed_at(module: str, name: str, at: int, *args) -> int:
     """Run `spr *args` in a process that SIGKILLs itself on the ``at``-th call of ``module.name``."""
     code = DRIVER.format(module=module, name=name, at=at)
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=ENV, capture_output=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], env=ENV, capture_output=True, timeout=600
+    )
     return proc.returncode
 
 
@@ -183,7 +201,9 @@ def test_a_kill_between_the_pairs_and_the_dpo_rows_is_caught_by_train(tiny_model
     assert main(list(map(str, pairs))) == 0  # running pairs again repairs it
 
 
-def test_a_torn_line_in_the_middle_is_removed_and_its_record_written_again(tiny_model_dir, regions, tmp_path, caplog):
+def test_a_torn_line_in_the_middle_is_removed_and_its_record_written_again(
+    tiny_model_dir, regions, tmp_path, caplog
+):
     model, out = tiny_model_dir("qwen2_vl"), tmp_path / "c.jsonl"
     args = ["generate", "--model", str(model), "--regions", str(regions), "--out", str(out), "--samples", "1",
             "--max-new-tokens", "4", "--limit", "1"]  # fmt: skip
@@ -207,7 +227,9 @@ def test_a_decompression_bomb_is_skipped_by_every_stage_that_reads_images(coco, 
     data["images"][0].update(width=20000, height=20000)
     annotations.write_text(json.dumps(data))
     out = tmp_path / "regions.jsonl"
-    assert main(["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(out)]) == 0
+    assert (
+        main(["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(out)]) == 0
+    )
     text = capsys.readouterr().out
     assert re.search(r"records skipped: image too large +\| 1 ", text)
     assert {r.image_id for r in read_records(out, Region)} == {2}
@@ -275,7 +297,9 @@ def test_every_training_row_is_checked_in_full(tiny_model_dir, tmp_path, spoil, 
 
 
 def test_a_stage_whose_every_input_is_unusable_fails_and_says_what_it_expected(regions, tmp_path, capsys):
-    code = main(["score", "--regions", str(regions), "--candidates", str(regions), "--out", str(tmp_path / "s.jsonl")])
+    code = main(
+        ["score", "--regions", str(regions), "--candidates", str(regions), "--out", str(tmp_path / "s.jsonl")]
+    )
     assert code == 2
     assert "expected Candidate records written by `spr generate`" in capsys.readouterr().err
 
@@ -284,7 +308,9 @@ def test_image_paths_of_regions_work_from_any_working_directory(coco, tmp_path, 
     annotations, images = coco
     monkeypatch.chdir(tmp_path)
     out = Path("regions.jsonl")
-    assert main(["regions", "--annotations", "annotations.json", "--images", "images", "--out", str(out)]) == 0
+    assert (
+        main(["regions", "--annotations", "annotations.json", "--images", "images", "--out", str(out)]) == 0
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -325,4 +351,3 @@ def test_pickled_weights_are_refused_with_one_line(tmp_path, capsys):
     (adapter / "adapter_model.bin").write_bytes(b"\x80")
     assert main(["merge", "--adapter", str(adapter), "--base", str(clip), "--out", str(tmp_path / "m")]) == 2
     assert "adapter_model.bin (pickle)" in capsys.readouterr().err
-

@@ -395,7 +395,9 @@ def keywords_registered():
 def test_a_scorer_under_a_taken_name_is_refused_and_an_unknown_one_lists_the_known():
     with pytest.raises(ValueError, match="semantic scorer 'clip' is already registered"):
         register_semantic_scorer("clip", lambda **_: KeywordScorer())
-    with pytest.raises(UserError, match="unknown semantic scorer 'bleu'; available: clip, keywords, labels, none"):
+    with pytest.raises(
+        UserError, match="unknown semantic scorer 'bleu'; available: clip, keywords, labels, none"
+    ):
         make_semantic_scorer("bleu")
 
 
@@ -453,7 +455,9 @@ def test_score_stage_options_and_bad_records(run_dir, keywords_registered, capsy
     assert main(["score", "--regions", str(run / "nope.jsonl"), "--candidates", "x", "--out", "y"]) == 2
 
 
-def test_score_stage_skips_regions_whose_image_is_missing_and_fails_when_none_is_left(run_dir, tmp_path_factory, capsys):
+def test_score_stage_skips_regions_whose_image_is_missing_and_fails_when_none_is_left(
+    run_dir, tmp_path_factory, capsys
+):
     run, ids = run_dir
     (run / "images" / "scene.png").unlink()
     clip = str(tiny_clip_dir(tmp_path_factory, "clip"))

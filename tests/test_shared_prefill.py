@@ -18,7 +18,8 @@ from spr.models import ModelAdapter, available_families, load
 from spr.prompts import select_templates
 from spr.sampling import RowSampler, generate_into
 
-SAMPLING = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)  # as generate_into sets it for RowSampler
+# as generate_into sets it for RowSampler
+SAMPLING = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
 
 
 def prompts_of_different_lengths(adapter):
@@ -52,7 +53,9 @@ def test_shared_prefill_decodes_as_separate_prefills(tiny_model_dir, family):
         rows, hook = prefill_rows(adapter)
         try:
             sampler = RowSampler(seeds, temperature=1.0, top_p=0.9)
-            out = adapter.generate(inputs, max_new_tokens=16, num_return_sequences=n, logits_processor=[sampler], **SAMPLING)
+            out = adapter.generate(
+                inputs, max_new_tokens=16, num_return_sequences=n, logits_processor=[sampler], **SAMPLING
+            )
         finally:
             hook.remove()
         return out, rows
@@ -61,7 +64,9 @@ def test_shared_prefill_decodes_as_separate_prefills(tiny_model_dir, family):
     shared, shared_prefill = run(True, greedy_rows)
     today, today_prefill = run(False, greedy_rows)
     assert torch.equal(shared, today)
-    assert shared_prefill == [batch] and today_prefill == [batch * n]  # one prefill row per prompt, not per answer
+    assert shared_prefill == [batch] and today_prefill == [
+        batch * n
+    ]  # one prefill row per prompt, not per answer
     for k in range(n):
         assert torch.equal(shared[k::n], shared[::n])
     assert torch.equal(shared[::n], adapter.generate(inputs, max_new_tokens=16, do_sample=False))
@@ -90,7 +95,9 @@ def make_regions(tmp_path, n: int = 2) -> list[Region]:
         im.save(path)
         union = [min(o["box"][0] for o in objects), min(o["box"][1] for o in objects),
                  max(o["box"][2] for o in objects), max(o["box"][3] for o in objects)]  # fmt: skip
-        regions.append(Region(id=f"r{i}", image=str(path), image_size=list(size), region_box=union, objects=objects))
+        regions.append(
+            Region(id=f"r{i}", image=str(path), image_size=list(size), region_box=union, objects=objects)
+        )
     return regions
 
 
@@ -139,7 +146,9 @@ def test_shared_prefill_logits_are_separate_prefills_up_to_rounding(tiny_model_d
                   num_return_sequences=n, output_logits=True, return_dict_in_generate=True, **SAMPLING)  # fmt: skip
     greedy = [None] * rows  # RowSampler with no seeds: greedy rows
     with torch.inference_mode():
-        shared = adapter._generate_shared(inputs, n, dict(kwargs, logits_processor=[RowSampler(greedy, 1, 1)]))
+        shared = adapter._generate_shared(
+            inputs, n, dict(kwargs, logits_processor=[RowSampler(greedy, 1, 1)])
+        )
         today = adapter.model.generate(**inputs, **kwargs, logits_processor=[RowSampler(greedy, 1, 1)])
     prompt = inputs["input_ids"].shape[1]
     same_so_far = torch.ones(rows, dtype=torch.bool)

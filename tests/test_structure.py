@@ -182,7 +182,9 @@ def test_every_option_has_help_and_shows_its_default(path, command):
 @pytest.mark.parametrize("path, command", LEAVES, ids=[p for p, _ in LEAVES])
 def test_every_config_builds_from_defaults_and_round_trips_through_yaml(path, command, tmp_path):
     cls = command.Config
-    required = {C.option_name(f): f"value-{f.name}" for f in dataclasses.fields(cls) if f.metadata.get("required")}
+    required = {
+        C.option_name(f): f"value-{f.name}" for f in dataclasses.fields(cls) if f.metadata.get("required")
+    }
     config = C.build(cls, dict(required))
     data = C.to_dict(config)
     file = tmp_path / "config.yaml"
@@ -194,9 +196,31 @@ def test_every_config_builds_from_defaults_and_round_trips_through_yaml(path, co
 
 # Names whose meaning is the stage's own (each stage's input or output file, its seed, its batch ...): declared
 # by each stage with its own help.
-PER_STAGE = {"adapter", "batch_size", "candidates", "data", "images", "limit", "max_new_tokens", "method", "model",
-             "out", "overwrite", "pairs", "prompt", "regions", "scores", "seed", "set", "steps", "title", "train",
-             "world", "eval_scenes", "family"}  # family: `spr tiny-model` builds one (required), the others load one
+PER_STAGE = {
+    "adapter",
+    "batch_size",
+    "candidates",
+    "data",
+    "images",
+    "limit",
+    "max_new_tokens",
+    "method",
+    "model",
+    "out",
+    "overwrite",
+    "pairs",
+    "prompt",
+    "regions",
+    "scores",
+    "seed",
+    "set",
+    "steps",
+    "title",
+    "train",
+    "world",
+    "eval_scenes",
+    "family",
+}  # family: `spr tiny-model` builds one (required), the others load one
 # Declared twice with different help or default, to be made one declaration (an option group of spr.options):
 # the training options train and grpo share, the scorer's options grpo repeats, device and dtype (different
 # defaults per stage today), and the toy recipes'.
@@ -214,7 +238,10 @@ def test_an_option_shared_by_stages_is_declared_once():
             owner = next(k for k in command.Config.__mro__ if f.name in k.__dict__.get("__annotations__", {}))
             if owner is RunConfig and f.name in RUN_WIDE:
                 continue  # the run-wide statement of the stages' own option, handed to each (spr run)
-            declared.setdefault(f.name, {})[owner.__qualname__] = (f.metadata.get("help"), repr(C.default_of(f)))
+            declared.setdefault(f.name, {})[owner.__qualname__] = (
+                f.metadata.get("help"),
+                repr(C.default_of(f)),
+            )
     twice = {name: by for name, by in declared.items() if len(set(by.values())) > 1}
     new = sorted(set(twice) - PER_STAGE - NOT_YET_ONE)
     assert not new, "declared in two configs with different help or default: " + "; ".join(
@@ -271,7 +298,10 @@ def test_spr_help_lists_the_commands_in_pipeline_order(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    positions = [text.index(f"    {name}") for name in ("regions", "generate", "score", "pairs", "train", "merge", "eval")]
+    positions = [
+        text.index(f"    {name}")
+        for name in ("regions", "generate", "score", "pairs", "train", "merge", "eval")
+    ]
     assert positions == sorted(positions)
 
 
@@ -305,7 +335,20 @@ def test_a_family_added_through_its_spec_runs_every_stage(throwaway_family, coco
     model = build_tiny_model("throwaway", tmp_path / "model")
     annotations, images = coco
     run = tmp_path / "run"
-    assert main(["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(run / "r.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "regions",
+                "--annotations",
+                str(annotations),
+                "--images",
+                str(images),
+                "--out",
+                str(run / "r.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert main(["generate", "--model", str(model), "--family", "throwaway", "--regions", str(run / "r.jsonl"),
                  "--out", str(run / "c.jsonl"), "--samples", "2", "--max-new-tokens", "8", "--limit", "1"]) == 0  # fmt: skip
     rows = [json.loads(line) for line in (run / "c.jsonl").read_text().splitlines()]
@@ -313,7 +356,20 @@ def test_a_family_added_through_its_spec_runs_every_stage(throwaway_family, coco
     data = make_dpo_jsonl(tmp_path / "pairs", n=2, fmt="plain_pixel")
     assert main(["train", "--model", str(model), "--family", "throwaway", "--data", str(data), "--out",
                  str(run / "adapter"), "--max-steps", "1", "--per-device-train-batch-size", "2"]) == 0  # fmt: skip
-    assert main(["merge", "--adapter", str(run / "adapter"), "--family", "throwaway", "--out", str(run / "merged")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--adapter",
+                str(run / "adapter"),
+                "--family",
+                "throwaway",
+                "--out",
+                str(run / "merged"),
+            ]
+        )
+        == 0
+    )
     assert main(["eval", "rec", "--model", str(run / "merged"), "--family", "throwaway", "--data",
                  str(make_rec_jsonl(tmp_path / "rec")), "--out", str(run / "eval"), "--max-new-tokens", "6"]) == 0  # fmt: skip
     preds = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -345,18 +401,30 @@ def throwaway_task():
         def record(self, adapter, config, sample, text, view_size, error):
             from spr import formats
 
-            boxes = [] if error else formats.parse(text, adapter.fmt, view_size, **adapter.geometry(view_size))
-            return {"id": sample.id, "split": sample.split, "boxes": len(boxes), "status": "image_error" if error else "ok"}
+            boxes = (
+                [] if error else formats.parse(text, adapter.fmt, view_size, **adapter.geometry(view_size))
+            )
+            return {
+                "id": sample.id,
+                "split": sample.split,
+                "boxes": len(boxes),
+                "status": "image_error" if error else "ok",
+            }
 
         def group_metrics(self, records):
-            return {"n": len(records), "mean_boxes": sum(r["boxes"] for r in records) / len(records) if records else None}
+            return {
+                "n": len(records),
+                "mean_boxes": sum(r["boxes"] for r in records) / len(records) if records else None,
+            }
 
     task = register_task(BoxCount())
     yield task
     TASKS.unregister("boxcount")
 
 
-def test_a_task_added_through_the_registry_runs_from_the_cli(throwaway_task, tiny_model_dir, tmp_path, capsys):
+def test_a_task_added_through_the_registry_runs_from_the_cli(
+    throwaway_task, tiny_model_dir, tmp_path, capsys
+):
     from evaluate_fixtures import make_rec_jsonl
 
     data = make_rec_jsonl(tmp_path / "rec")
@@ -369,5 +437,7 @@ def test_a_task_added_through_the_registry_runs_from_the_cli(throwaway_task, tin
     # compare knows the task's direction: fewer boxes is better here
     from spr.evaluate.compare import compare
 
-    table = compare({"task": "boxcount", "mean_boxes": 2.0}, {"task": "boxcount", "mean_boxes": 1.0}, "a", "b")
+    table = compare(
+        {"task": "boxcount", "mean_boxes": 2.0}, {"task": "boxcount", "mean_boxes": 1.0}, "a", "b"
+    )
     assert "| mean_boxes | 2.0000 | 1.0000 | -1.0000 | b |" in table

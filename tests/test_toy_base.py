@@ -97,7 +97,12 @@ def test_the_annotator_loosens_training_boxes_as_documented_and_leaves_the_scene
     loose = annotate(scene, grow=0.1, jitter=0.0)
     for (x1, y1, x2, y2), o in zip(exact, loose.objects):
         w, h = x2 - x1, y2 - y1
-        want = (max(0.0, x1 - 0.1 * w), max(0.0, y1 - 0.1 * h), min(112.0, x2 + 0.1 * w), min(112.0, y2 + 0.1 * h))
+        want = (
+            max(0.0, x1 - 0.1 * w),
+            max(0.0, y1 - 0.1 * h),
+            min(112.0, x2 + 0.1 * w),
+            min(112.0, y2 + 0.1 * h),
+        )
         assert o.box == pytest.approx(want)
     assert [tuple(o.box) for o in scene.objects] == exact  # the world's own scene is not touched
     jittered = annotate(scene, grow=0.06, jitter=0.03)

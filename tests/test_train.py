@@ -206,10 +206,15 @@ def test_answers_with_an_image_placeholder_are_refused_or_skipped(tiny_model_dir
     lines[1] = json.dumps(row)
     data.write_text("\n".join(lines) + "\n")
     assert len(read_pairs(data)) == 2  # without the model, no placeholder to know of
-    with pytest.raises(UserError, match=r"dpo\.jsonl:2 \(id 'img1/1'\): a text contains the placeholder token '<\|image_pad\|>'"):
+    with pytest.raises(
+        UserError,
+        match=r"dpo\.jsonl:2 \(id 'img1/1'\): a text contains the placeholder token '<\|image_pad\|>'",
+    ):
         read_pairs(data, adapter=adapter)
     problems = []
-    assert [r["id"] for r in read_pairs(data, skip_bad=True, problems=problems, adapter=adapter)] == ["img1/0"]
+    assert [r["id"] for r in read_pairs(data, skip_bad=True, problems=problems, adapter=adapter)] == [
+        "img1/0"
+    ]
     assert "skipped" in problems[0]
 
 
@@ -330,16 +335,24 @@ def test_dtype_choices_load_and_train_as_they_say(tiny_model_dir, tmp_path):
     assert fp32["precision"] == "weights float32 on cpu, no mixed precision, gradient checkpointing off"
     trainer = build_trainer(_config(model, data, tmp_path / "bf16", dtype="bfloat16", device="cpu"))
     assert trainer.args.bf16 and next(trainer.model.base_model.parameters()).dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if p.requires_grad)  # the adapter
+    # the adapter
+    assert all(p.dtype == torch.float32 for n, p in trainer.model.named_parameters() if p.requires_grad)
     result = trainer.train()
     assert math.isfinite(result.training_loss)
-    assert trainer.spr_precision.describe() == "weights bfloat16 on cpu, bf16 mixed precision, gradient checkpointing off"
-    full = build_trainer(_config(model, data, tmp_path / "full", dtype="bfloat16", method="full", device="cpu"))
+    assert (
+        trainer.spr_precision.describe()
+        == "weights bfloat16 on cpu, bf16 mixed precision, gradient checkpointing off"
+    )
+    full = build_trainer(
+        _config(model, data, tmp_path / "full", dtype="bfloat16", method="full", device="cpu")
+    )
     assert next(full.model.parameters()).dtype == torch.float32  # full fine-tuning keeps fp32 master weights
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_gradient_checkpointing_with_lora_gives_the_same_step(tiny_model_dir, tmp_path, reentrant, monkeypatch):
+def test_gradient_checkpointing_with_lora_gives_the_same_step(
+    tiny_model_dir, tmp_path, reentrant, monkeypatch
+):
     """Checkpointing recomputes activations; with LoRA (frozen base: PEFT must make the inputs require grad) the
     loss and the adapter's update must be those of a run without it. ``reentrant`` is what ZeRO-3 needs."""
     if reentrant:  # as under ZeRO-3 (DeepSpeed itself cannot run here)
@@ -348,14 +361,20 @@ def test_gradient_checkpointing_with_lora_gives_the_same_step(tiny_model_dir, tm
     model = tiny_model_dir("qwen2_vl")
 
     def one_step(gc: bool):
-        trainer = build_trainer(_config(model, data, tmp_path / f"gc{gc}", gradient_checkpointing=gc, learning_rate=1e-2))
+        trainer = build_trainer(
+            _config(model, data, tmp_path / f"gc{gc}", gradient_checkpointing=gc, learning_rate=1e-2)
+        )
         torch.manual_seed(0)
         with torch.no_grad():
             for name, p in trainer.model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.1)
         result = trainer.train()
-        return trainer, result.training_loss, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return (
+            trainer,
+            result.training_loss,
+            {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad},
+        )
 
     plain, loss_plain, after_plain = one_step(False)
     checkpointed, loss_gc, after_gc = one_step(True)

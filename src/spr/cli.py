@@ -33,7 +33,9 @@ def _add_command(sub, name: str, target, path: str) -> None:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spr", description="Spatial Preference Rewarding for grounding MLLMs.")
+    parser = argparse.ArgumentParser(
+        prog="spr", description="Spatial Preference Rewarding for grounding MLLMs."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, module_name in COMMANDS.items():
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        print(f"spr {command}: interrupted; what was written so far is kept, re-run to resume", file=sys.stderr)
+        print(
+            f"spr {command}: interrupted; what was written so far is kept, re-run to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -124,7 +124,9 @@ def _scalar(value, tp, name: str):
     """``value`` (from YAML or a flag) as type ``tp``; UserError naming the field when it is not one."""
     if typing.get_origin(tp) is Literal:
         if value not in typing.get_args(tp):
-            raise UserError(f"{name}: must be one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+            raise UserError(
+                f"{name}: must be one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}"
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -173,7 +175,11 @@ def coerce(value, tp, name: str):
 
 def _number_problem(value, f: dataclasses.Field) -> str | None:
     """Why ``value`` is out of field ``f``'s range, or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value in f.metadata.get("special", ()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value in f.metadata.get("special", ())
+    ):
         return None
     if isinstance(value, float) and not math.isfinite(value) and f.metadata.get("finite", True):
         return f"must be a finite number, got {value}"
@@ -248,13 +254,17 @@ class OptionGroup:
 def _group_fields(cls) -> list[str]:
     """The fields ``cls`` has from option groups (the classes that derive from OptionGroup directly), in the
     order the groups are listed."""
-    groups = [base for base in cls.__mro__ if OptionGroup in base.__bases__ and dataclasses.is_dataclass(base)]
+    groups = [
+        base for base in cls.__mro__ if OptionGroup in base.__bases__ and dataclasses.is_dataclass(base)
+    ]
     return [name for group in groups for name in group.__dataclass_fields__]
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
     """The command-line fields of ``cls``: its own first, then those of its option groups."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata}
+    fields = {
+        f.name: f for f in dataclasses.fields(cls) if f.metadata.get("cli", True) and "help" in f.metadata
+    }
     grouped = [n for n in _group_fields(cls) if n in fields]
     return [f for n, f in fields.items() if n not in grouped] + [fields[n] for n in grouped]
 
@@ -278,7 +288,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls, config_file: bool = True
             parser.add_argument(f.name, metavar=f.name.upper(), nargs="?", **kw)
             continue
         if kind == "bool":
-            parser.add_argument(flag_name(option_name(f)), dest=f.name, action=argparse.BooleanOptionalAction, **kw)
+            parser.add_argument(
+                flag_name(option_name(f)), dest=f.name, action=argparse.BooleanOptionalAction, **kw
+            )
             continue
         if kind == "dict":
             kw["type"] = _yaml_mapping
@@ -323,7 +335,9 @@ def load_yaml(text: str | bytes, source: str):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"{source}: not UTF-8 text (byte {e.start}: {text[e.start:e.start + 1]!r})") from None
+            raise UserError(
+                f"{source}: not UTF-8 text (byte {e.start}: {text[e.start : e.start + 1]!r})"
+            ) from None
     if _bracket_depth(text) > MAX_YAML_DEPTH:  # before YAML's scanner, which is quadratic in bracket nesting
         raise UserError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep")
     try:
@@ -447,7 +461,11 @@ def to_dict(config) -> dict:
 def output_settings(config) -> dict:
     """The fields of ``config`` that decide what its stage writes (those not declared ``output=False``)."""
     data = to_dict(config)
-    return {option_name(f): data[option_name(f)] for f in dataclasses.fields(config) if f.metadata.get("output", True)}
+    return {
+        option_name(f): data[option_name(f)]
+        for f in dataclasses.fields(config)
+        if f.metadata.get("output", True)
+    }
 
 
 def write_yaml(config, path: str | Path) -> Path:
@@ -459,4 +477,13 @@ def write_yaml(config, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["add_arguments", "build", "from_args", "opt", "output_settings", "required", "to_dict", "dataclass"]
+__all__ = [
+    "add_arguments",
+    "build",
+    "from_args",
+    "opt",
+    "output_settings",
+    "required",
+    "to_dict",
+    "dataclass",
+]

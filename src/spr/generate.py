@@ -54,7 +54,10 @@ class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     samples: int = opt(4, "candidates per region and prompt", min=1)
     temperature: float = opt(1.0, "sampling temperature; 0 decodes greedily (then use --samples 1)", min=0)
     top_p: float = opt(
-        0.95, "nucleus sampling: keep the smallest set of tokens whose probability reaches this", above=0, max=1
+        0.95,
+        "nucleus sampling: keep the smallest set of tokens whose probability reaches this",
+        above=0,
+        max=1,
     )
     max_new_tokens: int = opt(256, "longest description, in tokens", min=1)
     min_new_tokens: int = opt(
@@ -67,17 +70,25 @@ class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     )
     seed: int = opt(0, "sampling seed; each candidate draws from its own stream, seeded by this and its id")
     include_greedy: bool = opt(
-        False, "also decode the greedy answer per region and prompt (id .../greedy), so the chosen answer of a "
-        "pair is never below the model's own greedy quality"
+        False,
+        "also decode the greedy answer per region and prompt (id .../greedy), so the chosen answer of a "
+        "pair is never below the model's own greedy quality",
     )
-    limit: int | None = opt(None, "use only the first N regions of the file (smoke tests)", output=False, min=1)
+    limit: int | None = opt(
+        None, "use only the first N regions of the file (smoke tests)", output=False, min=1
+    )
     format: str | None = opt(None, "box format, overriding the family's", default_text="the family's")
     batch_size: int = opt(4, "prompts per generate call, each with --samples sequences", output=False)
     device: str | None = opt(
-        None, "cpu, cuda, cuda:1 ...", output=False, default_text="cpu, or each process's GPU under a launcher"
+        None,
+        "cpu, cuda, cuda:1 ...",
+        output=False,
+        default_text="cpu, or each process's GPU under a launcher",
     )
     dtype: str | None = opt(
-        None, "float32, bfloat16, float16 or auto", default_text="float32 on CPU, the checkpoint's dtype on GPU"
+        None,
+        "float32, bfloat16, float16 or auto",
+        default_text="float32 on CPU, the checkpoint's dtype on GPU",
     )
     trust_remote_code: bool = opt(False, "allow the model directory's own code", output=False)
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
@@ -219,5 +230,7 @@ def run(config: GenerateConfig) -> int:
         summary = {k: v for k, v in stats.__dict__.items() if isinstance(v, int | float)}
         Path(config.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
         if stats.regions and not stats.written and not stats.already_present:
-            raise UserError(f"no candidate could be made from {config.regions}: every region was skipped (see above)")
+            raise UserError(
+                f"no candidate could be made from {config.regions}: every region was skipped (see above)"
+            )
     return 0

@@ -87,7 +87,10 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
     num_generations: int = opt(8, "completions sampled per prompt (a group)", min=1)
     temperature: float = opt(1.0, "sampling temperature", above=0)
     top_p: float = opt(
-        1.0, "nucleus sampling: keep the smallest set of tokens whose probability reaches this", above=0, max=1
+        1.0,
+        "nucleus sampling: keep the smallest set of tokens whose probability reaches this",
+        above=0,
+        max=1,
     )
     max_completion_length: int = opt(256, "longest completion, in tokens", min=1)
     beta: float = opt(
@@ -305,7 +308,9 @@ def build_trainer(config: GrpoConfig, callbacks=()):
     precision = decide(config.dtype, "lora", config.device, config.gradient_checkpointing)
     args = grpo_args(config, precision)  # before the model loads (ZeRO-3 shards the weights as they load)
     adapter = load_for_training(config, precision)
-    if not adapter.spec.router_aux_loss:  # the family's routers balance without it (FamilySpec.router_aux_loss)
+    if (
+        not adapter.spec.router_aux_loss
+    ):  # the family's routers balance without it (FamilySpec.router_aux_loss)
         args.router_aux_loss_coef = 0.0
     problems: list[str] = []
     rows = (region_rows(config, adapter, problems) if config.regions else []) + (

@@ -17,7 +17,9 @@ from .data.images import DEFAULT_MAX_PIXELS
 @dataclass
 class ModelFamily(OptionGroup):
     family: str | None = opt(
-        None, "model family, overriding config.model_type (needed where it does not tell)", default_text="from config.json"
+        None,
+        "model family, overriding config.model_type (needed where it does not tell)",
+        default_text="from config.json",
     )
 
 
@@ -27,7 +29,10 @@ class PixelBudget(OptionGroup):
     train and eval: state it once at the top of a run config."""
 
     min_pixels: int | None = opt(
-        None, "image processor pixel budget, lower end (Qwen2-VL style processors)", default_text="the checkpoint's", min=1
+        None,
+        "image processor pixel budget, lower end (Qwen2-VL style processors)",
+        default_text="the checkpoint's",
+        min=1,
     )
     max_pixels: int | None = opt(
         None, "image processor pixel budget, upper end; generate, train and eval must use the same",

@@ -69,33 +69,53 @@ class RunConfig:
 
     out: str = opt(required, "run directory (the same command resumes a killed run)", output=False)
     model: str = opt(required, "the base model directory")
-    rounds: int = opt(1, "SPR rounds; round k+1 samples from round k's model (on-policy)", min=1, max=MAX_ROUNDS)
-    fresh_regions: bool = opt(True, "each round draws its own regions (seed + round); off: every round uses round 1's")
+    rounds: int = opt(
+        1, "SPR rounds; round k+1 samples from round k's model (on-policy)", min=1, max=MAX_ROUNDS
+    )
+    fresh_regions: bool = opt(
+        True, "each round draws its own regions (seed + round); off: every round uses round 1's"
+    )
     reference: Literal["previous", "base"] = opt(
         "previous", "DPO reference of round k+1: round k's model, or the base (round k's adapter trained on)"
     )
-    method: list[str] = opt(["dpo"], "dpo (SPR's pairs and DPO) or grpo (online RL, `spr grpo`); one, or one per round")
-    family: str | None = opt(None, "model family of every stage", default_text="each stage's own (config.json)")
-    dtype: str | None = opt(None, "dtype of every stage that loads or saves the model", default_text="each stage's own")
+    method: list[str] = opt(
+        ["dpo"], "dpo (SPR's pairs and DPO) or grpo (online RL, `spr grpo`); one, or one per round"
+    )
+    family: str | None = opt(
+        None, "model family of every stage", default_text="each stage's own (config.json)"
+    )
+    dtype: str | None = opt(
+        None, "dtype of every stage that loads or saves the model", default_text="each stage's own"
+    )
     min_pixels: int | None = opt(
-        None, "image processor pixel budget, lower end, of every stage", default_text="each stage's own", min=1
+        None,
+        "image processor pixel budget, lower end, of every stage",
+        default_text="each stage's own",
+        min=1,
     )
     max_pixels: int | None = opt(
         None, "image processor pixel budget, upper end, of every stage (a model that writes boxes in pixels of the "
         "resized input needs one budget for generate, train and eval)", default_text="each stage's own", min=1,
     )  # fmt: skip
-    world: dict | None = opt(None, "a shapes world to generate first into {run}/world (`spr toy world` fields)")
+    world: dict | None = opt(
+        None, "a shapes world to generate first into {run}/world (`spr toy world` fields)"
+    )
     regions: dict = opt({}, "`spr regions` fields: annotations, images, objects_per_region, seed ...")
-    eval_regions: dict | None = opt(None, "`spr regions` fields for held-out regions (the description task's data)")
+    eval_regions: dict | None = opt(
+        None, "`spr regions` fields for held-out regions (the description task's data)"
+    )
     generate: dict = opt({}, "`spr generate` fields: samples, temperature, prompts, include_greedy ...")
     score: dict = opt({}, "`spr score` fields: semantic, clip_model, lambda ...")
     pairs: dict = opt({}, "`spr pairs` fields: pairing, min_margin")
     train: dict = opt({}, "`spr train` fields: learning_rate, beta, loss_type, lora_r ...")
-    grpo: dict = opt({}, "`spr grpo` fields (method grpo): rewards, rec, num_generations ...; regions: round = the round's")
+    grpo: dict = opt(
+        {}, "`spr grpo` fields (method grpo): rewards, rec, num_generations ...; regions: round = the round's"
+    )
     merge: dict = opt({}, "`spr merge` fields: dtype")
     eval: dict = opt({}, "evaluation tasks to run on the base and every round: {task: its `spr eval` fields}")
     launcher: dict = opt(
-        {}, "per stage, how to start it: {stage: {kind: python|accelerate|torchrun, config_file, num_processes}}"
+        {},
+        "per stage, how to start it: {stage: {kind: python|accelerate|torchrun, config_file, num_processes}}",
     )
     report: bool = opt(True, "write report.html at the end (spr report)")
     title: str = opt("SPR run", "title of results.md and report.html")
@@ -108,24 +128,37 @@ class RunConfig:
     def __post_init__(self):
         C.check_numbers(self)
         if len(self.method) not in (1, self.rounds) or set(self.method) - {"dpo", "grpo"}:
-            raise ValueError(f"method: dpo or grpo, once or once per round ({self.rounds}); got {self.method}")
+            raise ValueError(
+                f"method: dpo or grpo, once or once per round ({self.rounds}); got {self.method}"
+            )
         for task, fields in self.eval.items():
             if not isinstance(fields, dict | None):
-                raise ValueError(f"eval {task}: expected a mapping of `spr eval {task}` fields, got {fields!r}")
+                raise ValueError(
+                    f"eval {task}: expected a mapping of `spr eval {task}` fields, got {fields!r}"
+                )
         given = {k for k in RUN_WIDE if getattr(self, k) is not None}
-        sections = {**{n: getattr(self, n) for n in STAGE_SECTIONS}, **{f"eval {t}": v for t, v in self.eval.items()}}
+        sections = {
+            **{n: getattr(self, n) for n in STAGE_SECTIONS},
+            **{f"eval {t}": v for t, v in self.eval.items()},
+        }
         for name, fields in sections.items():
             taken = sorted(set(fields or {}) & set(RUN_SET.get(name, ())))
             if taken:
                 raise ValueError(f"section {name}: {', '.join(taken)} are set by the run (the round's files)")
             twice = sorted(set(fields or {}) & given)
             if twice:
-                raise ValueError(f"section {name}: {', '.join(twice)} is set for the whole run at the top; set it once")
+                raise ValueError(
+                    f"section {name}: {', '.join(twice)} is set for the whole run at the top; set it once"
+                )
         for stage, spec in self.launcher.items():
             if not isinstance(spec, dict | None):
-                raise ValueError(f"launcher {stage}: expected a mapping {{kind: ..., num_processes: ...}}, got {spec!r}")
+                raise ValueError(
+                    f"launcher {stage}: expected a mapping {{kind: ..., num_processes: ...}}, got {spec!r}"
+                )
             if stage not in (*STAGE_SECTIONS, "eval") or (spec or {}).get("kind", "python") not in LAUNCHERS:
-                raise ValueError(f"launcher {stage}: {spec}; stages: {', '.join(STAGE_SECTIONS)}, eval; kinds: {', '.join(LAUNCHERS)}")
+                raise ValueError(
+                    f"launcher {stage}: {spec}; stages: {', '.join(STAGE_SECTIONS)}, eval; kinds: {', '.join(LAUNCHERS)}"
+                )
 
 
 HELP = "Run the whole method (regions -> ... -> eval) for K on-policy rounds in one resumable run directory."
@@ -162,11 +195,17 @@ def apply_overrides(config: RunConfig) -> RunConfig:
     for item in config.set:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
-        if sep and not dot and key in ("rounds", "reference", "method", "fresh_regions", "model", "title", *RUN_WIDE):
+        if (
+            sep
+            and not dot
+            and key in ("rounds", "reference", "method", "fresh_regions", "model", "title", *RUN_WIDE)
+        ):
             changes[key] = _yaml_value(raw)  # a top-level field: rounds=2
             continue
         if not (sep and dot and name):
-            raise UserError(f"--set {item!r}: write section.field=value (or rounds=, reference=, method=, model=)")
+            raise UserError(
+                f"--set {item!r}: write section.field=value (or rounds=, reference=, method=, model=)"
+            )
         if section not in (*STAGE_SECTIONS, "world", "eval_regions", "eval"):
             raise UserError(f"--set {item!r}: no section {section!r}")
         target = changes.setdefault(section, dict(getattr(config, section) or {}))
@@ -216,7 +255,18 @@ def plan(config: RunConfig) -> list[Step]:
     """Every step of the run, in order, with its config (files filled in)."""
     run = Path(config.out).resolve()
     placeholders = {"run": run, "world": run / "world", "assets": ASSETS}
-    filled = ("model", "world", "regions", "eval_regions", "generate", "score", "pairs", "train", "grpo", "merge")
+    filled = (
+        "model",
+        "world",
+        "regions",
+        "eval_regions",
+        "generate",
+        "score",
+        "pairs",
+        "train",
+        "grpo",
+        "merge",
+    )
     c = replace(config, **{k: _fill(getattr(config, k), placeholders) for k in (*filled, "eval")})
     shared = run_wide(c)
 
@@ -254,7 +304,9 @@ def plan(config: RunConfig) -> list[Step]:
             values = {**c.regions, "out": str(regions), "seed": seed_regions + k - 1}
             steps.append(step(f"round-{k}/regions", "regions", "regions", values))
         method = c.method[0] if len(c.method) == 1 else c.method[k - 1]
-        if c.reference == "base":  # keep training round k-1's adapter on the base; the base stays the reference
+        if (
+            c.reference == "base"
+        ):  # keep training round k-1's adapter on the base; the base stays the reference
             train_model, merge_base = c.model, c.model
         else:  # a new adapter on round k-1's model, which is then the reference
             train_model, merge_base, adapter = policy, policy, None
@@ -263,7 +315,9 @@ def plan(config: RunConfig) -> list[Step]:
             if fields.get("regions") == "round":
                 fields["regions"] = str(regions)
             if adapter is not None:
-                raise UserError("reference: base continues round k's adapter, which `spr grpo` does not: use previous")
+                raise UserError(
+                    "reference: base continues round k's adapter, which `spr grpo` does not: use previous"
+                )
             values = {**fields, "model": train_model, "out": str(d / "adapter")}
             steps.append(step(f"round-{k}/grpo", "grpo", "grpo", values))
         else:
@@ -278,14 +332,28 @@ def plan(config: RunConfig) -> list[Step]:
     return steps
 
 
-def dpo_steps(c: RunConfig, step, k: int, d: Path, regions: Path, policy: str, train_model: str, adapter, seed: int):
+def dpo_steps(
+    c: RunConfig, step, k: int, d: Path, regions: Path, policy: str, train_model: str, adapter, seed: int
+):
     """SPR's round: candidates of the policy, scores, pairs, DPO (``step`` makes a Step, see :func:`plan`)."""
     files = {n: str(d / f"{n}.jsonl") for n in ("candidates", "scores", "pairs", "dpo")}
     inputs = {"regions": str(regions), "candidates": files["candidates"]}
-    generate = {**c.generate, "model": policy, "regions": str(regions), "out": files["candidates"], "seed": seed + k - 1}
+    generate = {
+        **c.generate,
+        "model": policy,
+        "regions": str(regions),
+        "out": files["candidates"],
+        "seed": seed + k - 1,
+    }
     score = {**c.score, **inputs, "out": files["scores"]}
     pairs = {**c.pairs, **inputs, "scores": files["scores"], "out": files["pairs"], "dpo_out": files["dpo"]}
-    train = {**c.train, "model": train_model, "data": files["dpo"], "out": str(d / "adapter"), "adapter": adapter}
+    train = {
+        **c.train,
+        "model": train_model,
+        "data": files["dpo"],
+        "out": str(d / "adapter"),
+        "adapter": adapter,
+    }
     return [
         step(f"round-{k}/generate", "generate", "generate", generate),
         step(f"round-{k}/score", "score", "score", score),
@@ -383,7 +451,14 @@ def run_pipeline(config: RunConfig, log=print, prepare=None) -> dict | None:
 # -------------------------------------------------------------------------------------------------- results
 
 
-LEFT_OUT = ("center_acc", "image_fail", "_small", "_medium", "_large")  # in metrics.json, not the results table
+# in metrics.json, not the results table
+LEFT_OUT = (
+    "center_acc",
+    "image_fail",
+    "_small",
+    "_medium",
+    "_large",
+)
 
 
 def model_metrics(task_dirs: dict[str, Path]) -> dict:
@@ -427,7 +502,9 @@ def write_results(config: RunConfig, run: Path, log=print) -> dict:
     }
     (run / "results.json").write_text(json.dumps(results, indent=1))
     names = list(models)
-    rows = [[k, *(models[n].get(k) for n in names), _delta(models[names[-1]].get(k), first.get(k))] for k in first]
+    rows = [
+        [k, *(models[n].get(k) for n in names), _delta(models[names[-1]].get(k), first.get(k))] for k in first
+    ]
     table = markdown_table(["metric", *names, f"{names[-1]} - base"], rows)
     text = f"# {config.title}\n\n{_eval_note(evaluated)}\n\n{table}\n"
     (run / "results.md").write_text(text)
@@ -462,4 +539,3 @@ def _eval_note(evaluated: dict) -> str:
 def run(config: RunConfig) -> int:
     run_pipeline(config)
     return 0
-

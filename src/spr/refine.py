@@ -47,7 +47,9 @@ class RefineConfig:
 
     def __post_init__(self):
         if self.unmatched not in UNMATCHED:
-            raise ValueError(f"refine unmatched must be one of {', '.join(UNMATCHED)}, got {self.unmatched!r}")
+            raise ValueError(
+                f"refine unmatched must be one of {', '.join(UNMATCHED)}, got {self.unmatched!r}"
+            )
         if self.matching not in ("best", "one_to_one"):
             raise ValueError(f"refine matching must be 'best' or 'one_to_one', got {self.matching!r}")
 
@@ -228,7 +230,9 @@ def refine_candidate(
     medians: set[int] = set()  # span starts of median edits
     for g, j in zip(usable.groundings, target):
         span = g.get("span")
-        median = sample_median(g["box"], siblings, cfg.threshold) if j < 0 and cfg.unmatched == "median" else None
+        median = (
+            sample_median(g["box"], siblings, cfg.threshold) if j < 0 and cfg.unmatched == "median" else None
+        )
         if j < 0 and median is None and cfg.unmatched != "drop":
             result.kept += 1
             continue

@@ -34,11 +34,17 @@ class RegionConfig(ImageLimit):
     images: str = opt(required, "directory the annotations' file_name entries are relative to")
     out: str = opt(required, "regions.jsonl to write (ids already there are kept: resumable)")
     seed: int = opt(0, "seed of the random seed objects (each image draws from its own generator)")
-    objects_per_region: int = opt(5, "grow until the region holds this many selected objects (the paper: more than four)")
-    per_image: int = opt(1, "regions per image, each from a different seed object; identical regions are kept once")
+    objects_per_region: int = opt(
+        5, "grow until the region holds this many selected objects (the paper: more than four)"
+    )
+    per_image: int = opt(
+        1, "regions per image, each from a different seed object; identical regions are kept once"
+    )
     min_area_fraction: float = opt(0.0, "skip regions whose box covers less than this fraction of the image")
     max_area_fraction: float = opt(1.0, "skip regions whose box covers more than this fraction of the image")
-    inside_fraction: float = opt(0.5, "an object belongs to the region when this fraction of its area is inside")
+    inside_fraction: float = opt(
+        0.5, "an object belongs to the region when this fraction of its area is inside"
+    )
     skip_crowd: bool = opt(True, "ignore crowd annotations (iscrowd=1), whose boxes cover groups of objects")
     limit: int | None = opt(None, "stop after this many regions in all", output=False, min=1)
     on_error: Literal["skip", "stop"] = opt("skip", "bad annotation records: skip and count them, or stop")
@@ -100,7 +106,9 @@ def regions_for_image(image: AnnotatedImage, config: RegionConfig) -> tuple[list
     for seed_index in seeds:
         if len(regions) >= config.per_image:
             break
-        selected, region_box, members = grow(boxes, seed_index, config.objects_per_region, config.inside_fraction)
+        selected, region_box, members = grow(
+            boxes, seed_index, config.objects_per_region, config.inside_fraction
+        )
         frac = B.area([region_box])[0] / image_area
         if not (config.min_area_fraction <= frac <= config.max_area_fraction):
             continue
@@ -146,7 +154,11 @@ def run(config: RegionConfig) -> int:
     skipped = Problems()
     total = 0
     guard = StageOutput(
-        config.out, "regions", output_settings(config), config.overwrite, inputs={"annotations": config.annotations}
+        config.out,
+        "regions",
+        output_settings(config),
+        config.overwrite,
+        inputs={"annotations": config.annotations},
     )
     with guard, JsonlWriter(config.out) as writer:
         for image in tqdm(images, desc="regions", unit="img", disable=None):

@@ -55,7 +55,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UnknownName(f"unknown {self.what} {name!r}; available: {', '.join(self.available())}") from None
+            raise UnknownName(
+                f"unknown {self.what} {name!r}; available: {', '.join(self.available())}"
+            ) from None
 
     def available(self) -> list[str]:
         """The registered names, sorted."""

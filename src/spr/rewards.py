@@ -263,7 +263,9 @@ def spr_scorer(score_config=None, semantic=None):
 
 # name -> factory(decode, scorer, threshold, lenient) -> Reward; a reward of one's own is registered here
 REWARDS: Registry[Callable[..., Reward]] = Registry("reward")
-REWARDS.register("spr", lambda decode, scorer, **_: SprReward(scorer if scorer is not None else spr_scorer(), decode))
+REWARDS.register(
+    "spr", lambda decode, scorer, **_: SprReward(scorer if scorer is not None else spr_scorer(), decode)
+)
 REWARDS.register("iou", lambda decode, lenient, **_: IouReward(decode, lenient))
 REWARDS.register("iou_at_t", lambda decode, threshold, lenient, **_: IouAtReward(threshold, decode, lenient))
 REWARDS.register("iou_squared", lambda decode, lenient, **_: IouSquaredReward(decode, lenient))

@@ -51,13 +51,18 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOpti
     model: str = opt(required, "base model directory (spr.models.load)")
     data: str = opt(required, "dpo.jsonl written by `spr pairs`")
     out: str = opt(required, "output directory (checkpoints, final adapter or model)")
-    method: Literal["lora", "full"] = opt("lora", "lora (adapter; reference = adapter off) or full fine-tuning")
+    method: Literal["lora", "full"] = opt(
+        "lora", "lora (adapter; reference = adapter off) or full fine-tuning"
+    )
     adapter: str | None = opt(
-        None, "continue training this LoRA adapter of --model (a round of `spr run --reference base`); the "
-        "reference stays --model itself"
+        None,
+        "continue training this LoRA adapter of --model (a round of `spr run --reference base`); the "
+        "reference stays --model itself",
     )
     beta: float = opt(0.1, "DPO beta (how far the policy may move from the reference)")
-    loss_type: list[str] = opt(["sigmoid"], "TRL loss type(s): sigmoid, ipo, hinge, robust, ..., sft (an SFT term on chosen)")
+    loss_type: list[str] = opt(
+        ["sigmoid"], "TRL loss type(s): sigmoid, ipo, hinge, robust, ..., sft (an SFT term on chosen)"
+    )
     loss_weights: list[float] | None = opt(None, "weights, one per loss type", default_text="1 each")
     label_smoothing: float = opt(0.0, "robust / EXO label smoothing")
     warmup_ratio: float = opt(0.1, "fraction of steps for linear warm-up", min=0, max=1)
@@ -78,7 +83,9 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOpti
     )  # fmt: skip
     seed: int = opt(0, "random seed (initialisation, data order, dropout)")
     logging_steps: int = opt(10, "log every N steps", output=False)
-    skip_bad: bool = opt(False, "skip pairs that cannot be used, and count them (default: stop and name them)")
+    skip_bad: bool = opt(
+        False, "skip pairs that cannot be used, and count them (default: stop and name them)"
+    )
     dataloader_num_workers: int = opt(0, "processes that load images", output=False)
 
     def __post_init__(self):
@@ -110,8 +117,12 @@ def settings(config: TrainConfig) -> dict:
     if config.adapter:  # safetensors only: a pickled adapter_model.bin would run code when loaded
         from .models.loading import check_weights
 
-        check_weights(Path(config.adapter), safe=("adapter_model.safetensors",), unsafe=("adapter_model.bin",))
-    out["adapter"] = file_sha256(Path(config.adapter) / "adapter_model.safetensors") if config.adapter else None
+        check_weights(
+            Path(config.adapter), safe=("adapter_model.safetensors",), unsafe=("adapter_model.bin",)
+        )
+    out["adapter"] = (
+        file_sha256(Path(config.adapter) / "adapter_model.safetensors") if config.adapter else None
+    )
     out["data"] = file_sha256(Path(config.data)) if Path(config.data).exists() else config.data
     return out
 
@@ -163,7 +174,9 @@ def use_cached_reference(config: TrainConfig, rows: list[dict]) -> bool:
             raise UserError("--cache-reference is not supported under DeepSpeed / FSDP; leave it unset there")
         return False
     if len({r["id"] for r in rows}) != len(rows):
-        log.warning("pair ids in %s repeat: the reference runs in every step instead of being cached", config.data)
+        log.warning(
+            "pair ids in %s repeat: the reference runs in every step instead of being cached", config.data
+        )
         return False
     return True
 
@@ -187,7 +200,9 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
     loaded_here = adapter is None
     if loaded_here:
         adapter = load_for_training(config, precision)
-    if not adapter.spec.router_aux_loss:  # the family's routers balance without it (FamilySpec.router_aux_loss)
+    if (
+        not adapter.spec.router_aux_loss
+    ):  # the family's routers balance without it (FamilySpec.router_aux_loss)
         args.router_aux_loss_coef = 0.0
     problems: list[str] = []
     if rows is None:
@@ -213,14 +228,18 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
             freeze_vision(model, adapter.spec)
         # the reference: the same weights again, frozen (loaded from disk when possible, which also works
         # under ZeRO-3 where a parameter-sharded model cannot be deep-copied)
-        ref_model = (load_for_training(config, precision).model if loaded_here else copy.deepcopy(model)).eval()
+        ref_model = (
+            load_for_training(config, precision).model if loaded_here else copy.deepcopy(model)
+        ).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
 
     reference = None
     if cache_reference:
         ref = reference_settings(config.model, precision, config.max_length, adapter)
-        reference = CachedReference(rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size)
+        reference = CachedReference(
+            rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size
+        )
     trainer = SprDPOTrainer(
         model=model,
         ref_model=ref_model,
@@ -270,7 +289,11 @@ def train(config: TrainConfig, adapter=None, callbacks=()) -> dict:
         }
 
     return run_training(
-        config, "train", settings(config), lambda: build_trainer(config, adapter, callbacks=callbacks), summarize
+        config,
+        "train",
+        settings(config),
+        lambda: build_trainer(config, adapter, callbacks=callbacks),
+        summarize,
     )
 
 

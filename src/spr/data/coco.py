@@ -61,7 +61,9 @@ def _load_json(path: Path) -> dict:
         raise UserError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
-        raise UserError(f"{path}: missing or not a list: {', '.join(missing)} (is this a COCO-style detection file?)")
+        raise UserError(
+            f"{path}: missing or not a list: {', '.join(missing)} (is this a COCO-style detection file?)"
+        )
     return data
 
 
@@ -109,7 +111,9 @@ def load_coco(
             report("bad image record", f"images[{i}]: needs 'id' and 'file_name'")
             continue
         if not is_key(rec["id"]):
-            report("bad image record", f"images[{i}]: id must be a number or a string, got {_short(rec['id'])}")
+            report(
+                "bad image record", f"images[{i}]: id must be a number or a string, got {_short(rec['id'])}"
+            )
             continue
         if rec["id"] in images:
             report("duplicate image id", f"images[{i}]: duplicate image id {rec['id']!r}")
@@ -124,25 +128,34 @@ def load_coco(
             try:
                 actual = image_size(path, max_pixels)  # the header only: regions need no pixels
             except ImageProblem as e:
-                kind = {"image missing": "missing image file", "image too large": "image too large"}.get(e.kind, "unreadable image")
+                kind = {"image missing": "missing image file", "image too large": "image too large"}.get(
+                    e.kind, "unreadable image"
+                )
                 report(kind, f"image {rec['id']!r}: {e.detail}")
                 continue
             if None not in size and tuple(size) != actual:
-                report("size mismatch", f"image {rec['id']!r}: annotated {size[0]}x{size[1]} but {path} is {actual[0]}x{actual[1]}; using the file's size")
+                report(
+                    "size mismatch",
+                    f"image {rec['id']!r}: annotated {size[0]}x{size[1]} but {path} is {actual[0]}x{actual[1]}; using the file's size",
+                )
             size = actual
         if not all(isinstance(v, int | float) and v > 0 for v in size):
             report("bad image record", f"image {rec['id']!r}: no valid width/height")
             continue
         images[rec["id"]] = AnnotatedImage(rec["id"], path, (int(size[0]), int(size[1])))
 
-    listed = {r.get("id") for r in data["images"] if isinstance(r, dict) and is_key(r.get("id"))}  # skipped too
+    listed = {
+        r.get("id") for r in data["images"] if isinstance(r, dict) and is_key(r.get("id"))
+    }  # skipped too
     seen_ann: set = set()
     for i, a in enumerate(data["annotations"]):
         if not isinstance(a, dict) or not {"id", "image_id", "category_id", "bbox"} <= a.keys():
             report("bad annotation", f"annotations[{i}]: needs 'id', 'image_id', 'category_id' and 'bbox'")
             continue
         if not all(is_key(a[k]) for k in ("id", "image_id", "category_id")):
-            report("bad annotation", f"annotations[{i}]: id, image_id and category_id must be numbers or strings")
+            report(
+                "bad annotation", f"annotations[{i}]: id, image_id and category_id must be numbers or strings"
+            )
             continue
         where = f"annotation {a['id']!r} (image {a['image_id']!r})"
         if a["id"] in seen_ann:
@@ -168,9 +181,14 @@ def load_coco(
             report(kind, f"{where}: {kind} {a['bbox']!r} in a {w}x{h} image")
             continue
         if clipped != box:
-            problems.add("box clipped to the image", f"{ann_path}: {where}: {a['bbox']!r} reaches outside the {w}x{h} image")
+            problems.add(
+                "box clipped to the image",
+                f"{ann_path}: {where}: {a['bbox']!r} reaches outside the {w}x{h} image",
+            )
         img.objects.append(
-            AnnotatedObject(categories[a["category_id"]], clipped, a["category_id"], a["id"], bool(a.get("iscrowd", 0)))
+            AnnotatedObject(
+                categories[a["category_id"]], clipped, a["category_id"], a["id"], bool(a.get("iscrowd", 0))
+            )
         )
     return list(images.values())
 

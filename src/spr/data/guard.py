@@ -39,7 +39,9 @@ def lock_path(output: str | Path) -> Path:
 
 def header_path(output: str | Path) -> Path:
     output = Path(output)
-    return output / "spr_settings.json" if output.is_dir() else output.with_name(output.stem + ".settings.json")
+    return (
+        output / "spr_settings.json" if output.is_dir() else output.with_name(output.stem + ".settings.json")
+    )
 
 
 class OutputLock:

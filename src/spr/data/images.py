@@ -45,7 +45,8 @@ def _open(path: Path, max_pixels: int):
     if max_pixels and w * h > max_pixels:
         im.close()
         raise ImageProblem(
-            "image too large", f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (max_image_pixels)"
+            "image too large",
+            f"{path} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (max_image_pixels)",
         )
     return im
 

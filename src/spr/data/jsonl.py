@@ -152,7 +152,9 @@ class JsonlWriter:
             drop = {lineno for lineno, _ in bad}
             tmp = self.path.with_name(self.path.name + ".tmp")
             with self.path.open("rb") as f, tmp.open("wb") as out:
-                out.writelines(raw for lineno, raw in enumerate(f, start=1) if raw.strip() and lineno not in drop)
+                out.writelines(
+                    raw for lineno, raw in enumerate(f, start=1) if raw.strip() and lineno not in drop
+                )
             os.replace(tmp, self.path)
 
     def has(self, record_id: str) -> bool:
@@ -216,7 +218,9 @@ def reorder(path: str | Path, order: list[str]) -> None:
     path = Path(path)
     rank = {rid: i for i, rid in enumerate(order)}
     lines = [raw for raw in path.read_bytes().split(b"\n") if raw.strip()]
-    keyed = sorted(enumerate(lines), key=lambda il: (rank.get(str(json.loads(il[1]).get("id")), len(rank)), il[0]))
+    keyed = sorted(
+        enumerate(lines), key=lambda il: (rank.get(str(json.loads(il[1]).get("id")), len(rank)), il[0])
+    )
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(b"".join(line + b"\n" for _, line in keyed))
     os.replace(tmp, path)

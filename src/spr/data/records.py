@@ -69,15 +69,21 @@ class Region(Record):
 
     def __post_init__(self):
         def four_numbers(v) -> bool:
-            return isinstance(v, list | tuple) and len(v) == 4 and all(
-                isinstance(x, int | float) and not isinstance(x, bool) for x in v
+            return (
+                isinstance(v, list | tuple)
+                and len(v) == 4
+                and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
             )
 
         where = f"region record {self.id!r}"
         if not isinstance(self.image, str):
             raise RecordError(f"{where}: 'image' must be a path, got {self.image!r}")
         size = self.image_size
-        if not (isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        if not (
+            isinstance(size, list | tuple)
+            and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)
+        ):
             raise RecordError(f"{where}: 'image_size' must be [width, height], got {size!r}")
         if not four_numbers(self.region_box):
             raise RecordError(f"{where}: 'region_box' must be four numbers, got {self.region_box!r}")
@@ -85,7 +91,9 @@ class Region(Record):
             raise RecordError(f"{where}: 'objects' must be a list, got {type(self.objects).__name__}")
         for i, o in enumerate(self.objects):
             if not (isinstance(o, dict) and "label" in o and four_numbers(o.get("box"))):
-                raise RecordError(f"{where}: objects[{i}] must be {{label, box: [x1, y1, x2, y2]}}, got {o!r:.80}")
+                raise RecordError(
+                    f"{where}: objects[{i}] must be {{label, box: [x1, y1, x2, y2]}}, got {o!r:.80}"
+                )
 
 
 @dataclass
@@ -99,13 +107,13 @@ class Candidate(Record):
     prompt: str  # the user-turn text as sent to the model
     sample: int
     text: str  # the raw model output
-    groundings: list[dict] = field(
-        default_factory=list
-    )  # [{"phrase": str|None, "box": [..], "span": [s, e]}]
+    # [{"phrase": str|None, "box": [..], "span": [s, e]}]
+    groundings: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what the codec could not read
     fmt: str = ""  # box codec the text is written in
     geometry: dict = field(default_factory=dict)  # codec geometry (e.g. resized input size) for re-rendering
-    pixel_budget: dict = field(default_factory=dict)  # the processor's {min_pixels, max_pixels} when it has one
+    # the processor's {min_pixels, max_pixels} when it has one
+    pixel_budget: dict = field(default_factory=dict)
     image: str = ""  # the image the prompt showed (the crop path is not stored: crops are recomputed)
     crop_box: Box | None = None  # set when the prompt showed only this part of the image
 
@@ -153,7 +161,8 @@ class Pair(Record):
     rule: str = "paper"  # the pairing rule that made it (spr.pairs)
     fmt: str = ""  # box format of both texts
     geometry: dict = field(default_factory=dict)  # codec geometry of the view the prompt showed
-    pixel_budget: dict = field(default_factory=dict)  # the processor's pixel budget the texts were written under
+    # the processor's pixel budget the texts were written under
+    pixel_budget: dict = field(default_factory=dict)
 
     @property
     def margin(self) -> float:

@@ -145,7 +145,9 @@ class CaptionTask(Task):
     HELP = "Region captioning: BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap)."
     Config = CaptionConfig
     metrics = (*(Metric(m) for m in METRICS), Metric("image_fail", higher_is_better=False))
-    caption = "corpus-level scores against every reference caption of a region; box text is removed from answers"
+    caption = (
+        "corpus-level scores against every reference caption of a region; box text is removed from answers"
+    )
 
     def read(self, config, problems):
         return readers.read_captions(config.data, config.splits, problems)
@@ -174,7 +176,9 @@ class CaptionTask(Task):
         refs = {p["id"]: p["references"] for p in preds}
         hyps = {p["id"]: p.get("caption") or "" for p in preds}
         metrics, problems = caption_metrics(refs, hyps)
-        metrics["image_fail"] = sum(p.get("status") == "image_error" for p in preds) / len(preds) if preds else None
+        metrics["image_fail"] = (
+            sum(p.get("status") == "image_error" for p in preds) / len(preds) if preds else None
+        )
         return metrics, problems
 
     def aggregate(self, records, config):
@@ -183,7 +187,10 @@ class CaptionTask(Task):
         by_split: dict[str, list[dict]] = {}
         for r in records:
             by_split.setdefault(str(r.get("split", "all")), []).append(r)
-        splits = {n: dict(overall) if len(by_split) == 1 else self._scored(g)[0] for n, g in sorted(by_split.items())}
+        splits = {
+            n: dict(overall) if len(by_split) == 1 else self._scored(g)[0]
+            for n, g in sorted(by_split.items())
+        }
         for name in [s for s in (config.splits or []) if s not in by_split]:
             splits[name] = {"n": 0, **{m: None for m in METRICS}, "missing": True}
         return {"task": self.name, **overall, "splits": splits, "problems": problems}

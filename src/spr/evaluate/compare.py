@@ -78,7 +78,12 @@ def _direction(task_name: str | None) -> dict[str, bool]:
 
 
 def compare(
-    a: dict, b: dict, name_a: str = "A", name_b: str = "B", intervals: dict | None = None, notes: list[str] | None = None
+    a: dict,
+    b: dict,
+    name_a: str = "A",
+    name_b: str = "B",
+    intervals: dict | None = None,
+    notes: list[str] | None = None,
 ) -> str:
     """Markdown table: metric | A | B | B - A | which is better (rows in A's order, then B's extra ones). With
     ``intervals`` (flat metric name -> (lo, hi)), a ``95% CI`` column after the delta; ``notes`` go below."""
@@ -87,14 +92,19 @@ def compare(
     better = _direction(a.get("task") or b.get("task"))
     ci = bool(intervals)
     if ci:
-        lines = [f"| metric | {name_a} | {name_b} | delta | 95% CI | better |", "|---|---:|---:|---:|---:|---|"]
+        lines = [
+            f"| metric | {name_a} | {name_b} | delta | 95% CI | better |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
     else:
         lines = [f"| metric | {name_a} | {name_b} | delta | better |", "|---|---:|---:|---:|---|"]
     for k in keys:
         va, vb = fa.get(k), fb.get(k)
         if _is_count(k.rsplit("/", 1)[-1]):
             delta = "" if va is None or vb is None else f"{vb - va:+g}"
-            counts = f"| {k} | {'-' if va is None else f'{va:g}'} | {'-' if vb is None else f'{vb:g}'} | {delta} |"
+            counts = (
+                f"| {k} | {'-' if va is None else f'{va:g}'} | {'-' if vb is None else f'{vb:g}'} | {delta} |"
+            )
             lines.append(counts + (" | |" if ci else " |"))
             continue
         delta = "-" if va is None or vb is None else f"{vb - va:+.4f}"
@@ -146,7 +156,9 @@ def sample_columns(task: str | None, records: list[dict]) -> dict[str, tuple[np.
     if task == "grounding":
         from .phrase_grounding import _correct
 
-        hits = np.array([_correct(r.get("pred_box"), r.get("gt_boxes")) for r in records], dtype=float).reshape(n, 2)
+        hits = np.array(
+            [_correct(r.get("pred_box"), r.get("gt_boxes")) for r in records], dtype=float
+        ).reshape(n, 2)
         return {
             "recall@1_any": (hits[:, 0], ones),
             "recall@1_merged": (hits[:, 1], ones),
@@ -164,7 +176,11 @@ def sample_columns(task: str | None, records: list[dict]) -> dict[str, tuple[np.
             tp = np.array([c[f"tp@{t}"] for c in counts], dtype=float).reshape(n)
             cols[f"precision@{t}"] = (tp, n_pred)
             cols[f"recall@{t}"] = (tp, n_ref)
-            cols[f"f1@{t}"] = (2 * tp, n_pred + n_ref)  # micro F1 = 2PR / (P + R) = 2 TP / (predicted + annotated)
+            # micro F1 = 2PR / (P + R) = 2 TP / (predicted + annotated)
+            cols[f"f1@{t}"] = (
+                2 * tp,
+                n_pred + n_ref,
+            )
         cols["mean_boxes"] = (n_pred, ones)
         cols["no_box"] = share(s == "no_box" for s in status)
         cols["image_fail"] = share(s == "image_error" for s in status)
@@ -201,7 +217,9 @@ def grouped_columns(task: str | None, records: list[dict]) -> dict[str, tuple[np
 _TRUTH = {"rec": "gt_box", "grounding": "gt_boxes", "description": "ref_boxes"}
 
 
-def intervals_for(task, recs_a: list[dict], recs_b: list[dict], resamples=bootstrap.RESAMPLES, seed=bootstrap.SEED):
+def intervals_for(
+    task, recs_a: list[dict], recs_b: list[dict], resamples=bootstrap.RESAMPLES, seed=bootstrap.SEED
+):
     """(flat metric name -> (lo, hi), notes) from the per-sample records of two runs, paired by id."""
     by_b = {str(r["id"]): r for r in recs_b}
     pairs = [(r, by_b[str(r["id"])]) for r in recs_a if str(r["id"]) in by_b]
@@ -213,8 +231,14 @@ def intervals_for(task, recs_a: list[dict], recs_b: list[dict], resamples=bootst
     if not keys:
         return {}, []
     stack = lambda cols, i: np.stack([cols[k][i] for k in keys], axis=1)  # noqa: E731
-    _, lo, hi = bootstrap.paired_bootstrap(stack(ca, 0), stack(ca, 1), stack(cb, 0), stack(cb, 1), resamples, seed)
-    intervals = {k: (float(lo[j]), float(hi[j])) for j, k in enumerate(keys) if np.isfinite(lo[j]) and np.isfinite(hi[j])}
+    _, lo, hi = bootstrap.paired_bootstrap(
+        stack(ca, 0), stack(ca, 1), stack(cb, 0), stack(cb, 1), resamples, seed
+    )
+    intervals = {
+        k: (float(lo[j]), float(hi[j]))
+        for j, k in enumerate(keys)
+        if np.isfinite(lo[j]) and np.isfinite(hi[j])
+    }
     notes = [
         f"95% CI: paired bootstrap of B - A over the {len(pairs)} samples both runs hold (matched by id; "
         f"{resamples} resamples, seed {seed}); (n.s.): the interval includes 0"

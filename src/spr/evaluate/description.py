@@ -43,7 +43,9 @@ class DescriptionConfig(EvalConfig):
 
     data: str = opt(required, "regions.jsonl of held-out regions (spr regions)")
     prompt: str = opt(DEFAULT_PROMPT, "spr.prompts template id or file (one prompt)")
-    semantic: str | None = opt(None, "also score the text with this spr.scoring semantic scorer (labels, clip)")
+    semantic: str | None = opt(
+        None, "also score the text with this spr.scoring semantic scorer (labels, clip)"
+    )
     clip_model: str | None = opt(None, "CLIP model directory for --semantic clip")
     label_model: str | None = opt(None, "sentence-embedding model directory for --semantic labels")
     batch_size: int = opt(4, "prompts per batch", output=False)
@@ -62,7 +64,11 @@ def template_for(spec: str | None):
 
 def _counts(pred_boxes, ref_boxes) -> dict:
     out = {"n_pred": len(pred_boxes), "n_ref": len(ref_boxes)}
-    ious = B.iou(pred_boxes, ref_boxes) if pred_boxes and ref_boxes else np.zeros((len(pred_boxes), len(ref_boxes)))
+    ious = (
+        B.iou(pred_boxes, ref_boxes)
+        if pred_boxes and ref_boxes
+        else np.zeros((len(pred_boxes), len(ref_boxes)))
+    )
     for t in THRESHOLDS:
         out[f"tp@{t}"] = len(B.hungarian_match(ious, threshold=t))
     return out
@@ -83,7 +89,9 @@ class DescriptionTask(Task):
         Metric("precision@0.5"), Metric("recall@0.5"), Metric("f1@0.5"), Metric("f1@0.75"),
         Metric("mean_boxes"), Metric("semantic"),
     )  # fmt: skip
-    caption = "a predicted box is a true positive when matched one-to-one (Hungarian) to an object with IoU >= t"
+    caption = (
+        "a predicted box is a true positive when matched one-to-one (Hungarian) to an object with IoU >= t"
+    )
 
     def read(self, config, problems):
         template_for(config.prompt)  # a bad prompt fails before the model loads
@@ -153,14 +161,18 @@ class DescriptionTask(Task):
         problems: list[str] = []
         if config.semantic:
             regions = {r.id: r for r in read_records(config.data, Region, skip_bad=True)}
-            options = {k: v for k, v in (("clip_model", config.clip_model), ("label_model", config.label_model)) if v}
+            options = {
+                k: v for k, v in (("clip_model", config.clip_model), ("label_model", config.label_model)) if v
+            }
             add_semantic_scores(records, regions, config.semantic, problems, device=config.device, **options)
         metrics = super().aggregate(records, config)
         metrics["problems"] = problems
         return metrics
 
 
-def add_semantic_scores(preds: list[dict], regions: dict[str, Region], scorer: str, problems: list[str], **options):
+def add_semantic_scores(
+    preds: list[dict], regions: dict[str, Region], scorer: str, problems: list[str], **options
+):
     """Fill ``semantic`` of each prediction with the ``spr.scoring`` semantic scorer named ``scorer`` (as
     ``spr score`` computes it). A scorer that cannot be built is reported and the box metrics stand."""
     from spr import scoring

@@ -30,7 +30,9 @@ THRESHOLD = 0.5
 class GroundingConfig(EvalConfig):
     """`spr eval grounding`: phrase grounding in the Flickr30k Entities layout."""
 
-    data: str = opt(required, "Flickr30k Entities root (Sentences/, Annotations/, optional <split>.txt lists)")
+    data: str = opt(
+        required, "Flickr30k Entities root (Sentences/, Annotations/, optional <split>.txt lists)"
+    )
     images: str | None = opt(None, "image directory", default_text="DATA/flickr30k-images or DATA/images")
 
 
@@ -87,8 +89,16 @@ class GroundingTask(Task):
     def group_metrics(self, preds):
         n = len(preds)
         if n == 0:
-            return {"n": 0, "recall@1_any": None, "recall@1_merged": None, "parse_fail": None, "image_fail": None}
-        hits = np.array([_correct(p.get("pred_box"), p.get("gt_boxes")) for p in preds], dtype=bool).reshape(-1, 2)
+            return {
+                "n": 0,
+                "recall@1_any": None,
+                "recall@1_merged": None,
+                "parse_fail": None,
+                "image_fail": None,
+            }
+        hits = np.array([_correct(p.get("pred_box"), p.get("gt_boxes")) for p in preds], dtype=bool).reshape(
+            -1, 2
+        )
         return {
             "n": n,
             "recall@1_any": float(hits[:, 0].mean()),

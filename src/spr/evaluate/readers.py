@@ -134,14 +134,24 @@ def read_refer(
     if not isinstance(refs, list):
         raise UserError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
     instances = read_json(instances_file, "the refer layout's COCO instances.json")
-    if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
+    if not isinstance(instances, dict) or not all(
+        isinstance(instances.get(k), list) for k in ("images", "annotations")
+    ):
         raise UserError(
             f"{instances_file}: expected a COCO object with 'images' and 'annotations' lists, got "
             f"{type(instances).__name__}"
         )
     # keyed by ids that can be keys (a list or an object as an id matches nothing)
-    anns = {a.get("id"): a for a in instances.get("annotations", []) if isinstance(a, dict) and is_key(a.get("id"))}
-    images = {im.get("id"): im for im in instances.get("images", []) if isinstance(im, dict) and is_key(im.get("id"))}
+    anns = {
+        a.get("id"): a
+        for a in instances.get("annotations", [])
+        if isinstance(a, dict) and is_key(a.get("id"))
+    }
+    images = {
+        im.get("id"): im
+        for im in instances.get("images", [])
+        if isinstance(im, dict) and is_key(im.get("id"))
+    }
     images_dir = Path(images_dir) if images_dir else refs_file.parent / "images"
 
     out: list[RecSample] = []
@@ -176,7 +186,9 @@ def read_refer(
             continue
         image_path = inside(images_dir, image["file_name"])
         if image_path is None:
-            problems.append(f"{where}: file_name {image['file_name']!r} is not a path inside {images_dir}; skipped")
+            problems.append(
+                f"{where}: file_name {image['file_name']!r} is not a path inside {images_dir}; skipped"
+            )
             continue
         for k, sent in enumerate(ref.get("sentences") or []):
             text = sent.get("sent") or sent.get("raw") if isinstance(sent, dict) else None
@@ -219,9 +231,14 @@ def rec_layout(path: str | Path) -> tuple[str, list[Path]]:
         return "refer", [path]
     if path.is_file() and path.suffix.lower() == ".json" and refl4.is_refl4_json(path):
         return "ref-l4", [path]
-    files = layouts_parquet.parquet_files(path) if (path.is_dir() or path.suffix.lower() == ".parquet") else []
+    files = (
+        layouts_parquet.parquet_files(path) if (path.is_dir() or path.suffix.lower() == ".parquet") else []
+    )
     if files:
-        kinds = {f: ("ref-l4" if refl4.is_refl4_columns(layouts_parquet.columns_of(f)) else "lmms-lab") for f in files}
+        kinds = {
+            f: ("ref-l4" if refl4.is_refl4_columns(layouts_parquet.columns_of(f)) else "lmms-lab")
+            for f in files
+        }
         if len(set(kinds.values())) > 1:
             raise UserError(
                 f"{path}: holds parquet files of two layouts (Ref-L4: "

@@ -73,7 +73,9 @@ class RecConfig(EvalConfig):
         None, "image directory (refer layout, Ref-L4, parquet rows that give a path)",
         default_text="DATA/images (Ref-L4: also DATA)",
     )  # fmt: skip
-    split_by: str | None = opt(None, "refer layout: which refs(<split_by>).p (unc, umd, google)", default_text="the only one")
+    split_by: str | None = opt(
+        None, "refer layout: which refs(<split_by>).p (unc, umd, google)", default_text="the only one"
+    )
     image_cache: str | None = opt(
         None, "where images embedded in parquet files (and Ref-L4's images.tar.gz) are written, once",
         default_text="OUT.images, beside the run directory", output=False,
@@ -110,7 +112,9 @@ def sample_ious(preds: list[dict]) -> np.ndarray:
         return np.zeros(0)
     has_box = np.array([p.get("pred_box") is not None for p in preds])
     gt = np.array([p["gt_box"] for p in preds], dtype=np.float64).reshape(-1, 4)
-    pred = np.array([p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64)
+    pred = np.array(
+        [p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64
+    )
     return np.where(has_box, B.paired_iou(pred.reshape(-1, 4), gt), 0.0)
 
 
@@ -121,7 +125,9 @@ def sample_columns(preds: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]
     ious = sample_ious(preds)
     gt = np.array([p["gt_box"] for p in preds], dtype=np.float64).reshape(-1, 4)
     has_box = np.array([p.get("pred_box") is not None for p in preds], dtype=bool)
-    pred = np.array([p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64)
+    pred = np.array(
+        [p["pred_box"] if p.get("pred_box") is not None else [0, 0, 0, 0] for p in preds], np.float64
+    )
     pred = pred.reshape(-1, 4)
     cx, cy = (pred[:, 0] + pred[:, 2]) / 2, (pred[:, 1] + pred[:, 3]) / 2
     centre = has_box & (cx >= gt[:, 0]) & (cx <= gt[:, 2]) & (cy >= gt[:, 1]) & (cy <= gt[:, 3])
@@ -216,7 +222,9 @@ class RecTask(Task):
     def aggregate(self, records, config):
         metrics = super().aggregate(records, config)
         n_nobox = sum(r.get("status") == "no_box" for r in records)
-        metrics["problems"] = [f"{n_nobox} answer(s) held no readable box (counted as misses)"] if n_nobox else []
+        metrics["problems"] = (
+            [f"{n_nobox} answer(s) held no readable box (counted as misses)"] if n_nobox else []
+        )
         if getattr(config, "out", None) and any(r.get("benchmark") == refl4.BENCHMARK for r in records):
             refl4.submit(config, records, metrics, readers.rec_layout(config.data)[1])
         return metrics

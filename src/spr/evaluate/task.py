@@ -123,7 +123,10 @@ class Task:
         for msg in problems[:20]:
             print(f"  problem: {msg}", file=sys.stderr)
         if len(problems) > 20:
-            print(f"  ... {len(problems) - 20} more problems in {Path(config.out) / METRICS_FILE}", file=sys.stderr)
+            print(
+                f"  ... {len(problems) - 20} more problems in {Path(config.out) / METRICS_FILE}",
+                file=sys.stderr,
+            )
         print(f"\nmetrics: {Path(config.out) / METRICS_FILE}")
         return 0
 
@@ -172,7 +175,9 @@ def evaluate(task: Task, config, adapter=None) -> dict:
             print(f"warning: {msg}", file=sys.stderr)
     out = Path(config.out)
     inputs = {"data": config.data} if Path(config.data).is_file() else None  # a directory: by its path
-    with StageOutput(out, f"eval {task.name}", task.settings(config), config.overwrite, directory=True, inputs=inputs):
+    with StageOutput(
+        out, f"eval {task.name}", task.settings(config), config.overwrite, directory=True, inputs=inputs
+    ):
         with JsonlWriter(out / PREDICTIONS_FILE) as writer:
             if samples and any(not writer.has(s.id) for s in samples):
                 adapter = adapter or load_adapter(config)
@@ -188,7 +193,12 @@ def evaluate(task: Task, config, adapter=None) -> dict:
         records = [r for r in iter_jsonl(out / PREDICTIONS_FILE, skip_bad=True) if r.get("id") in wanted]
         metrics = task.aggregate(records, config)
         problems = missing_split_problems(metrics) + overlap_warnings + problems + metrics.get("problems", [])
-        problems += [f"{r['id']}: {m}" for r in records if r.get("status") == "image_error" for m in r.get("problems", [])]
+        problems += [
+            f"{r['id']}: {m}"
+            for r in records
+            if r.get("status") == "image_error"
+            for m in r.get("problems", [])
+        ]
         metrics.update(model=str(config.model), data=str(config.data), problems=problems)
         if overlap is not None:
             metrics["train_overlap"] = overlap
@@ -240,4 +250,3 @@ def split_table(metrics: dict, columns: list[str]) -> str:
     if [r["split"] for r in rows] != ["all"]:
         rows.append({"split": "all", **{c: metrics.get(c) for c in columns}})
     return table(rows, ["split", *columns])
-

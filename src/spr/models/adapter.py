@@ -194,7 +194,9 @@ class ModelAdapter:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         prefill = {k: v[:, :-1] if k in PER_TOKEN_INPUTS else v for k, v in inputs.items()}
         # the positions generate gives a left-padded prompt (M-RoPE ones for Qwen2-VL, which also sets rope_deltas)
-        prefill["position_ids"] = self.model._prepare_position_ids_for_generation(prefill["input_ids"], dict(prefill))
+        prefill["position_ids"] = self.model._prepare_position_ids_for_generation(
+            prefill["input_ids"], dict(prefill)
+        )
         cache = self.model(**prefill, use_cache=True, logits_to_keep=1).past_key_values
         repeat_cache(cache, n)
         self._repeat_rope_deltas(n)

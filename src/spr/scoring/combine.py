@@ -44,7 +44,9 @@ class ScoreConfig(ImageLimit, Progress):
     candidates: str = opt(required, "candidates.jsonl (Candidate records)")
     out: str = opt(required, "scores.jsonl to write (ids already there are kept: resumable)")
     semantic: str | None = opt(
-        None, "semantic scorer: clip, labels, none, or a registered one", default_text="clip with --clip-model, else labels"
+        None,
+        "semantic scorer: clip, labels, none, or a registered one",
+        default_text="clip with --clip-model, else labels",
     )
     clip_model: str | None = opt(None, "local CLIPModel / SiglipModel directory for the clip scorer")
     label_model: str | None = opt(
@@ -52,24 +54,37 @@ class ScoreConfig(ImageLimit, Progress):
     )
     label_mode: Literal["f1", "recall", "precision"] = opt("f1", "which side of the labels scorer to use")
     lam: float = opt(DEFAULT_LAMBDA, "total = lambda * semantic + (1 - lambda) * localization", name="lambda")
-    refine: bool = opt(True, "also refine every candidate and score the refined text (id '<candidate>#refined')")
+    refine: bool = opt(
+        True, "also refine every candidate and score the refined text (id '<candidate>#refined')"
+    )
     unmatched: Literal["keep", "drop", "median"] = opt(
-        "keep", "refinement: keep unmatched boxes as written, drop their text, or write the median of the prompt's "
-        "sampled boxes for that object (label-free; not in the paper)"
+        "keep",
+        "refinement: keep unmatched boxes as written, drop their text, or write the median of the prompt's "
+        "sampled boxes for that object (label-free; not in the paper)",
     )
     refine_matching: Literal["best", "one_to_one"] = opt(
         "best", "refinement: each box snaps to its best reference, or one reference per box (Hungarian)"
     )
-    refine_threshold: float = opt(0.5, "refinement: a box is replaced when its IoU with a reference is above this")
+    refine_threshold: float = opt(
+        0.5, "refinement: a box is replaced when its IoU with a reference is above this"
+    )
     loc_average: Literal["reference", "prediction"] = opt(
         "reference", "localization: average over reference objects (rewards coverage) or predicted boxes"
     )
-    loc_iou: Literal["thresholded", "raw"] = opt("thresholded", "localization: IoU below the threshold counts 0, or raw IoU")
-    loc_matching: Literal["best", "one_to_one"] = opt("best", "localization: best partner per box, or Hungarian")
+    loc_iou: Literal["thresholded", "raw"] = opt(
+        "thresholded", "localization: IoU below the threshold counts 0, or raw IoU"
+    )
+    loc_matching: Literal["best", "one_to_one"] = opt(
+        "best", "localization: best partner per box, or Hungarian"
+    )
     iou_threshold: float = opt(0.5, "IoU a box needs to count (>=), also for precision / recall / F1")
-    detector: str | None = opt(None, "local OWLv2 / Grounding DINO directory whose boxes join the reference set")
+    detector: str | None = opt(
+        None, "local OWLv2 / Grounding DINO directory whose boxes join the reference set"
+    )
     detector_threshold: float = opt(0.3, "keep detections with at least this confidence")
-    dedup_iou: float = opt(0.5, "detector boxes with at least this IoU with a reference already there are dropped")
+    dedup_iou: float = opt(
+        0.5, "detector boxes with at least this IoU with a reference already there are dropped"
+    )
     device: str = opt("cpu", "torch device of the scorer and detector models", output=False)
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
@@ -132,7 +147,9 @@ class RegionScorer:
             rows.append((cand, False, text, use.groundings, use.problems))
             if self.config.refine:
                 siblings = [usable[k].boxes for k in by_prompt[cand.prompt_id] if k != i]
-                ref = refine_candidate(cand, region, refs.boxes, self.refinement, usable=use, siblings=siblings)
+                ref = refine_candidate(
+                    cand, region, refs.boxes, self.refinement, usable=use, siblings=siblings
+                )
                 count_kinds(ref.problems, problems)
                 problems["refined: boxes replaced"] += ref.replaced
                 if self.refinement.unmatched == "median":

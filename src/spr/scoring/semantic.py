@@ -208,7 +208,9 @@ SEMANTIC_SCORERS.register(
 )
 SEMANTIC_SCORERS.register(
     "labels",
-    lambda label_model=None, device="cpu", label_mode="f1", **_: LabelScorer(label_model, device=device, mode=label_mode),
+    lambda label_model=None, device="cpu", label_mode="f1", **_: LabelScorer(
+        label_model, device=device, mode=label_mode
+    ),
 )
 SEMANTIC_SCORERS.register("none", lambda **_: NoSemantic())
 

@@ -49,21 +49,39 @@ ARMS: dict[str, Arm] = {
     "greedy": Arm("+ greedy candidate", ("generate.include_greedy=true",)),
     "drop_unmatched": Arm("unmatched boxes dropped", ("score.unmatched=drop",)),
     "median": Arm("unmatched boxes: samples' median", ("score.unmatched=median",)),
-    "sft_median": Arm("SFT on chosen, unmatched: median", ("train.loss_type=[sft]", "score.unmatched=median")),
+    "sft_median": Arm(
+        "SFT on chosen, unmatched: median", ("train.loss_type=[sft]", "score.unmatched=median")
+    ),
     "temp07": Arm("sampling temperature 0.7", ("generate.temperature=0.7",)),
     "self_refined": Arm("self-refined pairs", ("pairs.pairing=self_refined",)),
     "rounds2": Arm("2 on-policy rounds", ("rounds=2",)),
     "rounds3": Arm("3 on-policy rounds", ("rounds=3",)),
     "continued": Arm("continued SFT (ground truth)", kind="continued"),
     # online RL with the same scores as rewards (spr grpo), on REC prompts (VLM-R1's recipe) or descriptions
-    "grpo_iou": Arm("GRPO, IoU reward (REC)", ("method=grpo", "grpo.rec={world}/train/rec.jsonl",
-                                                "grpo.rewards=[iou]", "grpo.learning_rate=3e-4",
-                                                "grpo.per_device_train_batch_size=64", "grpo.max_completion_length=32")),
-    "grpo_spr": Arm("GRPO, SPR reward (descriptions)", ("method=grpo", "grpo.regions=round", "grpo.rewards=[spr]",
-                                                        "grpo.semantic=clip", "grpo.clip_model={assets}/clip",
-                                                        "grpo.learning_rate=3e-4",
-                                                        "grpo.per_device_train_batch_size=32",
-                                                        "grpo.max_completion_length=200")),
+    "grpo_iou": Arm(
+        "GRPO, IoU reward (REC)",
+        (
+            "method=grpo",
+            "grpo.rec={world}/train/rec.jsonl",
+            "grpo.rewards=[iou]",
+            "grpo.learning_rate=3e-4",
+            "grpo.per_device_train_batch_size=64",
+            "grpo.max_completion_length=32",
+        ),
+    ),
+    "grpo_spr": Arm(
+        "GRPO, SPR reward (descriptions)",
+        (
+            "method=grpo",
+            "grpo.regions=round",
+            "grpo.rewards=[spr]",
+            "grpo.semantic=clip",
+            "grpo.clip_model={assets}/clip",
+            "grpo.learning_rate=3e-4",
+            "grpo.per_device_train_batch_size=32",
+            "grpo.max_completion_length=200",
+        ),
+    ),
 }
 REC_KEYS = ("acc@0.5", "acc@0.6", "acc@0.7", "acc@0.75", "acc@0.8", "acc@0.9", "mean_iou")
 BOX_ERRORS = ("width_error", "height_error", "centre_dx", "centre_dy")
@@ -76,7 +94,9 @@ SHARED = ("world", "eval-regions", "eval/base", "round-1/regions", "round-1/gene
 class AblateConfig:
     """`spr toy ablate`: arms x seeds of the demo's run, on validation or test scenes."""
 
-    out: str = opt("runs/ablate", "experiment directory (re-running with the same settings resumes)", output=False)
+    out: str = opt(
+        "runs/ablate", "experiment directory (re-running with the same settings resumes)", output=False
+    )
     # arms and seeds are not settings of the experiment: each arm and seed is a run of its own (guarded by its own
     # settings), so an experiment grows by re-running it with more of them
     arms: list[str] = opt(["spr", "dpo", "sft_chosen", "lambda0", "lambda1", "continued"],
@@ -87,8 +107,11 @@ class AblateConfig:
         "val", "evaluate on the validation scenes (to choose a recipe) or the test scenes (the final table)"
     )
     steps: int = opt(120, "optimizer steps of every arm (split over the rounds of a multi-round arm)")
-    eval_scenes: int = opt(400, "held-out scenes evaluated (400: about 1,000 label expressions, a paired standard "
-                           "error of about 0.015 at acc@0.8)")
+    eval_scenes: int = opt(
+        400,
+        "held-out scenes evaluated (400: about 1,000 label expressions, a paired standard "
+        "error of about 0.015 at acc@0.8)",
+    )
     jobs: int = opt(1, "seeds run at once, each in its own process (one torch thread each)", output=False)
     set: list[str] = opt([], "overrides of the demo config for every arm (section.field=value)")
     overwrite: bool = opt(False, "discard what --out holds and start afresh", output=False)
@@ -105,7 +128,9 @@ class AblateConfig:
             raise ValueError("eval_scenes and jobs must be at least 1")
 
 
-HELP = "Measure SPR recipes against the base and controls over seeds, at an equal budget, in the shapes world."
+HELP = (
+    "Measure SPR recipes against the base and controls over seeds, at an equal budget, in the shapes world."
+)
 Config = AblateConfig
 
 
@@ -130,7 +155,11 @@ def paper_recipe(demo):
     """The demo's config with the paper's recipe (DPO + SFT term, unmatched boxes kept) on world seed 0: what
     every arm varies. The demo itself runs the recipe the arms chose, on a world of its own."""
     score = {k: v for k, v in demo.score.items() if k != "unmatched"}
-    train = {"beta": 0.1, "loss_type": ["sigmoid", "sft"], **{k: v for k, v in demo.train.items() if k != "loss_type"}}
+    train = {
+        "beta": 0.1,
+        "loss_type": ["sigmoid", "sft"],
+        **{k: v for k, v in demo.train.items() if k != "loss_type"},
+    }
     return replace(demo, world={**demo.world, "seed": 0}, score=score, train=train)
 
 
@@ -228,7 +257,12 @@ def run_continued(c: AblateConfig, config, seed: int, out: Path, donor: Path, lo
             state.mark("round-1/data", time.time() - t)
         prepare = [n for n in steps if n in ("world", "eval-regions") or n.startswith("eval/base/")]
         evaluations = [n for n in steps if n.startswith("round-1/eval")]
-        for name in [*prepare, "round-1/train", *(["round-1/merge"] if "round-1/merge" in steps else []), *evaluations]:
+        for name in [
+            *prepare,
+            "round-1/train",
+            *(["round-1/merge"] if "round-1/merge" in steps else []),
+            *evaluations,
+        ]:
             if name in state.done:
                 continue
             cfg = steps[name].config
@@ -387,7 +421,10 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
             results = json.loads((run / "results.json").read_text())
             models = results["models"]
             base = base or {**models["base"], **results["eval"]}
-            arms[arm][str(seed)] = {**list(models.values())[-1], **arm_cost(run, root / f"{c.arms[0]}-seed{seed}")}
+            arms[arm][str(seed)] = {
+                **list(models.values())[-1],
+                **arm_cost(run, root / f"{c.arms[0]}-seed{seed}"),
+            }
     summary = {}
     for arm, per_seed in arms.items():
         summary[arm] = {"seeds": len(per_seed)}
@@ -400,7 +437,12 @@ def collect_results(c: AblateConfig, root: Path) -> dict:
                                "delta_sd": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0}  # fmt: skip
         for k, interval in seed_mean_intervals(c, root, arm).items():
             summary[arm][k]["ci"] = interval
-    return {"base": base, "arms": arms, "summary": summary, "settings": {**output_settings(c), "arms": c.arms, "seeds": c.seeds}}
+    return {
+        "base": base,
+        "arms": arms,
+        "summary": summary,
+        "settings": {**output_settings(c), "arms": c.arms, "seeds": c.seeds},
+    }
 
 
 def seed_mean_intervals(c: AblateConfig, root: Path, arm: str) -> dict[str, list[float]]:
@@ -423,7 +465,9 @@ def seed_mean_intervals(c: AblateConfig, root: Path, arm: str) -> dict[str, list
     num_base, den = columns(base, ids)
     nums = []
     for seed in c.seeds:
-        rounds = sorted((root / f"{arm}-seed{seed}").glob("round-*/eval/rec"), key=lambda d: int(d.parts[-3][6:]))
+        rounds = sorted(
+            (root / f"{arm}-seed{seed}").glob("round-*/eval/rec"), key=lambda d: int(d.parts[-3][6:])
+        )
         records = load_predictions(rounds[-1]) if rounds else None
         if not records or {str(r["id"]) for r in records} != set(ids):
             return {}

@@ -103,7 +103,9 @@ class BaseRecipeConfig:
         if not (math.isfinite(self.box_jitter) and 0 <= self.box_jitter < 0.5):
             raise UserError(f"box_jitter must be in [0, 0.5) of the box side, got {self.box_jitter}")
         if self.freeze_vision and (self.vision_steps or self.aux_weight):
-            raise UserError("freeze_vision trains the language model only: set vision_steps 0 and aux_weight 0")
+            raise UserError(
+                "freeze_vision trains the language model only: set vision_steps 0 and aux_weight 0"
+            )
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -372,7 +374,10 @@ def rec_accuracy(
             new = adapter.generate(inputs, max_new_tokens=40, do_sample=False)
             for ex, ids in zip(chunk, new):
                 parsed = formats.parse(
-                    adapter.decode(ids), adapter.fmt, image_size=ex.image.size, **adapter.geometry(ex.image.size)
+                    adapter.decode(ids),
+                    adapter.fmt,
+                    image_size=ex.image.size,
+                    **adapter.geometry(ex.image.size),
                 )
                 ious.append(float(B.iou([parsed[0].box], [ex.target])[0, 0]) if parsed else 0.0)
     adapter.model.train()
@@ -467,7 +472,9 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
             log(f"step {step + 1}: val " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     # Memorised or general? The same measure on scenes it trained on (exact boxes, not the annotator's).
     metrics = rec_accuracy(adapter, config, config.eval_scenes, split="base")
-    curve.append({"phase": "eval-train-scenes", "step": config.steps, **metrics, "seconds": time.time() - started})
+    curve.append(
+        {"phase": "eval-train-scenes", "step": config.steps, **metrics, "seconds": time.time() - started}
+    )
     log("training scenes: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
     model.eval()
@@ -475,7 +482,9 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     recipe = config.to_dict()
-    if config.init and (Path(config.init) / "recipe.json").exists():  # the chain of recipes that made the weights
+    if (
+        config.init and (Path(config.init) / "recipe.json").exists()
+    ):  # the chain of recipes that made the weights
         recipe["init_recipe"] = json.loads((Path(config.init) / "recipe.json").read_text())
     (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
@@ -506,7 +515,9 @@ class TrainBaseConfig:
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     scene_pool: int = opt(R.scene_pool, "training scenes drawn once and reused; 0: fresh scenes every batch")
     box_grow: float = opt(R.box_grow, "annotator noise: each training box edge moves outward by this fraction of the side")  # fmt: skip
-    box_jitter: float = opt(R.box_jitter, "annotator noise: Gaussian edge jitter, sd as a fraction of the side")
+    box_jitter: float = opt(
+        R.box_jitter, "annotator noise: Gaussian edge jitter, sd as a fraction of the side"
+    )
     init: str = opt("", "model directory to continue from (empty: from scratch)")
     freeze_vision: bool = opt(False, "train the language model only (needs --vision-steps 0 --aux-weight 0)")
     aux_weight: float = opt(R.aux_weight, "weight of the dense image-token loss")

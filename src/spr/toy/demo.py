@@ -33,7 +33,12 @@ def demo_config(config: DemoConfig):
     from .. import config as C
     from ..pipeline import RunConfig
 
-    values = {**C.read_yaml(CONFIG), "out": config.out, "overwrite": config.overwrite, "set": list(config.set)}
+    values = {
+        **C.read_yaml(CONFIG),
+        "out": config.out,
+        "overwrite": config.overwrite,
+        "set": list(config.set),
+    }
     return C.build(RunConfig, values, source=str(CONFIG))
 
 

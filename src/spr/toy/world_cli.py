@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from ..config import opt, required
 
-HELP = "Generate the synthetic shapes world: images, COCO annotations, referring expressions, captions, splits."
+HELP = (
+    "Generate the synthetic shapes world: images, COCO annotations, referring expressions, captions, splits."
+)
 
 
 @dataclass
@@ -20,18 +22,36 @@ class WorldCommandConfig:
     test: int = opt(200, "held-out test scenes")
     preset: str = opt("default", "difficulty preset (easy, default, hard); the options below override it")
     size: int | None = opt(None, "image side in pixels", default_text="the preset's (112)")
-    objects: list[int] | None = opt(None, "objects per scene: MIN MAX (at least 5 for SPR regions)", default_text="the preset's")
-    object_size: list[float] | None = opt(None, "object side as a fraction of the image side: MIN MAX", default_text="the preset's")
-    shapes: list[str] | None = opt(None, "shapes to draw (circle, square, triangle, diamond, star, ring)", default_text="the preset's")
-    colours: list[str] | None = opt(None, "colours (red, green, blue, yellow, purple, orange, cyan, black)", default_text="the preset's")
-    backgrounds: list[str] | None = opt(None, "background kinds (plain, noise, stripes)", default_text="the preset's")
-    max_overlap: float | None = opt(None, "largest shared fraction of the smaller of two boxes (0: none)", default_text="the preset's")
-    min_visible: float | None = opt(None, "smallest visible fraction of each object", default_text="the preset's")
-    repeat_label: float | None = opt(None, "chance that an object repeats a label already in the scene", default_text="the preset's")
+    objects: list[int] | None = opt(
+        None, "objects per scene: MIN MAX (at least 5 for SPR regions)", default_text="the preset's"
+    )
+    object_size: list[float] | None = opt(
+        None, "object side as a fraction of the image side: MIN MAX", default_text="the preset's"
+    )
+    shapes: list[str] | None = opt(
+        None, "shapes to draw (circle, square, triangle, diamond, star, ring)", default_text="the preset's"
+    )
+    colours: list[str] | None = opt(
+        None, "colours (red, green, blue, yellow, purple, orange, cyan, black)", default_text="the preset's"
+    )
+    backgrounds: list[str] | None = opt(
+        None, "background kinds (plain, noise, stripes)", default_text="the preset's"
+    )
+    max_overlap: float | None = opt(
+        None, "largest shared fraction of the smaller of two boxes (0: none)", default_text="the preset's"
+    )
+    min_visible: float | None = opt(
+        None, "smallest visible fraction of each object", default_text="the preset's"
+    )
+    repeat_label: float | None = opt(
+        None, "chance that an object repeats a label already in the scene", default_text="the preset's"
+    )
     per_object: int = opt(3, "referring expressions per referred object (1-9)")
     size_margin: float = opt(1.3, "size factor needed for 'small' / 'large'")
     relations: bool = opt(True, "relational expressions ('the circle left of ...')")
-    rec_kinds: list[str] = opt([], "expression kinds written to rec.jsonl (label, shape, colour, size, relation)", default_text="all")
+    rec_kinds: list[str] = opt(
+        [], "expression kinds written to rec.jsonl (label, shape, colour, size, relation)", default_text="all"
+    )
     overwrite: bool = opt(False, "replace a world in --out made with other settings")
     quiet: bool = opt(False, "no progress bars")
 
@@ -75,7 +95,9 @@ def run(c: WorldCommandConfig) -> int:
 
     config = world_config(c)
     expressions = ExpressionConfig(
-        size_margin=c.size_margin, per_object=c.per_object, relations=RELATIONS if c.relations else (),
+        size_margin=c.size_margin,
+        per_object=c.per_object,
+        relations=RELATIONS if c.relations else (),
         rec_kinds=tuple(c.rec_kinds),
     )
     counts = {"train": c.train, "val": c.val, "test": c.test}

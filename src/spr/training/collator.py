@@ -27,7 +27,11 @@ class ProcessedOnce:
         import torch
         from transformers import BatchFeature
 
-        n = len(text) // 2 if isinstance(text, list) and images is not None and len(images) == len(text) else 0
+        n = (
+            len(text) // 2
+            if isinstance(text, list) and images is not None and len(images) == len(text)
+            else 0
+        )
         if not n or any(images[i] is not images[n + i] or text[i] != text[n + i] for i in range(n)):
             return self.processor(images=images, text=text, **kwargs)
         half = self.processor(images=images[:n], text=text[:n], **kwargs)
@@ -80,7 +84,9 @@ def safe_collator(processor, max_length: int | None, process_once: bool = False)
                     out[k] = out[k][:, :limit]
             return out
 
-    return SafeVisionPreferenceCollator(processor=ProcessedOnce(processor) if process_once else processor, max_length=max_length)
+    return SafeVisionPreferenceCollator(
+        processor=ProcessedOnce(processor) if process_once else processor, max_length=max_length
+    )
 
 
 def add_reference(batch: dict, pairs: list[tuple[float, float]]) -> None:

@@ -49,10 +49,14 @@ def lora_target_regex(model, spec, targets, train_vision: bool) -> str:
         # "proj" also name other modules there: a block, an MLP container)
         for v in _present(model, spec.vision_modules):
             patterns += [
-                re.escape(n) for n, m in model.named_modules() if n.startswith(v + ".") and isinstance(m, torch.nn.Linear)
+                re.escape(n)
+                for n, m in model.named_modules()
+                if n.startswith(v + ".") and isinstance(m, torch.nn.Linear)
             ]
     regex = "^(?:" + "|".join(patterns) + ")$"
-    matched = [n for n, m in model.named_modules() if re.fullmatch(regex, n) and isinstance(m, torch.nn.Linear)]
+    matched = [
+        n for n, m in model.named_modules() if re.fullmatch(regex, n) and isinstance(m, torch.nn.Linear)
+    ]
     if not matched:
         raise UserError(
             f"no linear layer of the language model ({language}) is named one of {list(targets)}; "

@@ -45,7 +45,10 @@ def zero_stage() -> int:
 
 def sharded_launch() -> bool:
     """True under DeepSpeed or FSDP (accelerate sets these), where weights must load on CPU to be sharded."""
-    return any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true")
+        for k in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+    )
 
 
 def decide(dtype: str, method: str, device: str, gradient_checkpointing: bool | None) -> Precision:
@@ -94,4 +97,6 @@ def ignore_checkpointing_deprecation() -> None:
     every step: one FutureWarning per step otherwise, which buries the progress bar."""
     import warnings
 
-    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing.*` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message="`(is_)?gradient_checkpointing.*` is deprecated", category=FutureWarning
+    )

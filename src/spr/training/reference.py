@@ -112,7 +112,9 @@ def _batch_logps(trainer, model, rows: list[dict], indices: list[int], batch, sh
     """``(id, chosen, rejected)`` of the pairs at ``indices``, from TRL's own reference computation."""
     with shared_vision():
         chosen, rejected = trainer.compute_ref_log_probs(model, trainer._prepare_inputs(batch))
-    return [(rows[i]["id"], c, r) for i, c, r in zip(indices, chosen.float().tolist(), rejected.float().tolist())]
+    return [
+        (rows[i]["id"], c, r) for i, c, r in zip(indices, chosen.float().tolist(), rejected.float().tolist())
+    ]
 
 
 def compute_reference(trainer, rows: list[dict], path: Path, settings: dict, batch_size: int, shared_vision):

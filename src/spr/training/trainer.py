@@ -43,7 +43,9 @@ class SprDPOTrainer(SprTrainer, DPOTrainer):
         super().__init__(*args, **kwargs)
         self.spr_reference = reference
         # the features are shared only while they do not change: with the vision tower frozen
-        self.spr_spec = vision_spec if vision_spec is not None and vision_frozen(self.model, vision_spec) else None
+        self.spr_spec = (
+            vision_spec if vision_spec is not None and vision_frozen(self.model, vision_spec) else None
+        )
 
     def train(self, *args, **kwargs):
         if self.spr_reference is not None and not self.precompute_ref_logps:
@@ -69,4 +71,6 @@ class SprDPOTrainer(SprTrainer, DPOTrainer):
         if self.spr_spec is None:
             return contextlib.nullcontext()
         models = [m for m in (self.model, self.ref_model) if m is not None]
-        return shared_vision([multimodal_model(self.accelerator.unwrap_model(m), self.spr_spec) for m in models])
+        return shared_vision(
+            [multimodal_model(self.accelerator.unwrap_model(m), self.spr_spec) for m in models]
+        )

@@ -50,7 +50,9 @@ def vision_frozen(model, spec) -> bool:
     """No parameter of the vision encoder or projector trains (LoRA or full, without ``train_vision``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     modules = dict(base.named_modules())
-    return not any(p.requires_grad for name in spec.vision_modules if name in modules for p in modules[name].parameters())
+    return not any(
+        p.requires_grad for name in spec.vision_modules if name in modules for p in modules[name].parameters()
+    )
 
 
 @contextlib.contextmanager
