@@ -323,7 +323,7 @@ def throwaway_family():
     )
     families.register_family(spec)
     yield spec
-    families.FAMILIES.pop("throwaway")
+    families.FAMILIES.unregister("throwaway")
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ def _import_all() -> list[str]:
         module = importlib.import_module(f"{_PACKAGE}.{info.name}")
         codec = getattr(module, "CODEC", None)
         if codec is not None:
-            if registry._REGISTRY.get(getattr(codec, "name", None)) is not codec:
+            name = getattr(codec, "name", None)
+            if name not in registry.CODECS or registry.CODECS.get(name) is not codec:
                 raise ImportError(
                     f"{module.__name__} defines CODEC but does not register it: "
                     "write CODEC = register(...) (from .registry import register)"

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..registry import Registry
+
 LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 QWEN_TOKENS = [
@@ -240,162 +242,159 @@ class FamilySpec:
     so that this module imports nothing of it)."""
 
 
-FAMILIES: dict[str, FamilySpec] = {
-    spec.name: spec
-    for spec in [
+FAMILIES: Registry[FamilySpec] = Registry("model family")
+
+BUILT_IN: list[FamilySpec] = [
+    FamilySpec(
+        name="qwen2_vl",
+        model_types=("qwen2_vl",),
+        model_class="Qwen2VLForConditionalGeneration",
+        processor_class="Qwen2VLProcessor",
+        default_fmt="qwen2_vl",
+        rec_template="<|object_ref_start|>{expression}<|object_ref_end|>",
+        special_tokens=tuple(QWEN_TOKENS),
+        chat_template=QWEN_CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        has_video_processor=True,
+        vision_modules=("model.visual",),
+    ),
+    FamilySpec(
+        name="qwen2_5_vl",
+        model_types=("qwen2_5_vl",),
+        model_class="Qwen2_5_VLForConditionalGeneration",
+        processor_class="Qwen2_5_VLProcessor",
+        default_fmt="qwen2_5_vl",
+        rec_template=QWEN_REC,
+        special_tokens=tuple(QWEN_TOKENS),
+        chat_template=QWEN_CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        has_video_processor=True,
+        vision_modules=("model.visual",),
+    ),
+    FamilySpec(
+        name="llava",
+        model_types=("llava",),
+        model_class="LlavaForConditionalGeneration",
+        processor_class="LlavaProcessor",
+        default_fmt="plain_norm",
+        rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+        special_tokens=("<unk>", "<s>", "</s>", "<pad>", "<image>"),
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        eos_token="</s>",
+        pad_token="<pad>",
+        bos_token="<s>",
+    ),
+    FamilySpec(
+        name="llava_onevision",
+        model_types=("llava_onevision",),
+        model_class="LlavaOnevisionForConditionalGeneration",
+        processor_class="LlavaOnevisionProcessor",
+        default_fmt="plain_norm",
+        rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+        special_tokens=(*QWEN_TOKENS, "<image>", "<video>"),
+        chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        has_video_processor=True,
+    ),
+    FamilySpec(
+        name="idefics3",
+        model_types=("idefics3",),
+        model_class="Idefics3ForConditionalGeneration",
+        processor_class="Idefics3Processor",
+        default_fmt="plain_norm",
+        rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
+        special_tokens=tuple(IDEFICS3_TOKENS),
+        chat_template=IDEFICS3_CHAT_TEMPLATE,
+        eos_token="<end_of_utterance>",
+        pad_token="<|end_of_text|>",
+        bos_token="<|begin_of_text|>",
+        language_module="model.text_model",
+        vision_modules=("model.vision_model", "model.connector"),
+        images_per_prompt_nested=True,
+    ),
+    FamilySpec(
+        name="internvl",
+        model_types=("internvl",),
+        model_class="InternVLForConditionalGeneration",
+        processor_class="InternVLProcessor",
+        default_fmt="internvl",
+        rec_template="Please provide the bounding box coordinate of the region this sentence describes: <ref>{expression}</ref>",
+        special_tokens=tuple(INTERNVL_TOKENS),
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_tokenizer_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        has_video_processor=True,
+    ),
+    *[
         FamilySpec(
-            name="qwen2_vl",
-            model_types=("qwen2_vl",),
-            model_class="Qwen2VLForConditionalGeneration",
-            processor_class="Qwen2VLProcessor",
-            default_fmt="qwen2_vl",
-            rec_template="<|object_ref_start|>{expression}<|object_ref_end|>",
-            special_tokens=tuple(QWEN_TOKENS),
-            chat_template=QWEN_CHAT_TEMPLATE,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            has_video_processor=True,
-            vision_modules=("model.visual",),
-        ),
-        FamilySpec(
-            name="qwen2_5_vl",
-            model_types=("qwen2_5_vl",),
-            model_class="Qwen2_5_VLForConditionalGeneration",
-            processor_class="Qwen2_5_VLProcessor",
-            default_fmt="qwen2_5_vl",
+            name=name,
+            model_types=(name,),
+            model_class=model_class,
+            processor_class="Qwen3VLProcessor",
+            default_fmt="qwen3_vl",
             rec_template=QWEN_REC,
-            special_tokens=tuple(QWEN_TOKENS),
-            chat_template=QWEN_CHAT_TEMPLATE,
+            special_tokens=tuple(QWEN3_TOKENS),
+            chat_template=template,
             eos_token="<|im_end|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
             vision_modules=("model.visual",),
-        ),
+        )
+        for name, model_class, template in [
+            ("qwen3_vl", "Qwen3VLForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
+            ("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
+            ("qwen3_5", "Qwen3_5ForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
+            ("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
+        ]
+    ],
+    *[
         FamilySpec(
-            name="llava",
-            model_types=("llava",),
-            model_class="LlavaForConditionalGeneration",
-            processor_class="LlavaProcessor",
-            default_fmt="plain_norm",
-            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
-            special_tokens=("<unk>", "<s>", "</s>", "<pad>", "<image>"),
-            chat_template=LLAVA_CHAT_TEMPLATE,
-            eos_token="</s>",
-            pad_token="<pad>",
-            bos_token="<s>",
-        ),
-        FamilySpec(
-            name="llava_onevision",
-            model_types=("llava_onevision",),
-            model_class="LlavaOnevisionForConditionalGeneration",
-            processor_class="LlavaOnevisionProcessor",
-            default_fmt="plain_norm",
-            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
-            special_tokens=(*QWEN_TOKENS, "<image>", "<video>"),
-            chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE,
-            eos_token="<|im_end|>",
+            name=name,
+            model_types=(name,),
+            model_class=model_class,
+            processor_class=processor,
+            default_fmt="glm4v",
+            rec_template="Help me to locate {expression} in the image and give me its bounding boxes.",
+            special_tokens=tuple(GLM4V_TOKENS),
+            chat_template=GLM4V_CHAT_TEMPLATE,
+            eos_token="<|endoftext|>",
             pad_token="<|endoftext|>",
             has_video_processor=True,
-        ),
-        FamilySpec(
-            name="idefics3",
-            model_types=("idefics3",),
-            model_class="Idefics3ForConditionalGeneration",
-            processor_class="Idefics3Processor",
-            default_fmt="plain_norm",
-            rec_template="Please provide the bounding box coordinate of the region this sentence describes: {expression}",
-            special_tokens=tuple(IDEFICS3_TOKENS),
-            chat_template=IDEFICS3_CHAT_TEMPLATE,
-            eos_token="<end_of_utterance>",
-            pad_token="<|end_of_text|>",
-            bos_token="<|begin_of_text|>",
-            language_module="model.text_model",
-            vision_modules=("model.vision_model", "model.connector"),
-            images_per_prompt_nested=True,
-        ),
-        FamilySpec(
-            name="internvl",
-            model_types=("internvl",),
-            model_class="InternVLForConditionalGeneration",
-            processor_class="InternVLProcessor",
-            default_fmt="internvl",
-            rec_template="Please provide the bounding box coordinate of the region this sentence describes: <ref>{expression}</ref>",
-            special_tokens=tuple(INTERNVL_TOKENS),
-            chat_template=INTERNVL_CHAT_TEMPLATE,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            extra_tokenizer_tokens={
-                "start_image_token": "<img>",
-                "end_image_token": "</img>",
-                "context_image_token": "<IMG_CONTEXT>",
-                "video_token": "<video>",
-            },
-            has_video_processor=True,
-        ),
-        *[
-            FamilySpec(
-                name=name,
-                model_types=(name,),
-                model_class=model_class,
-                processor_class="Qwen3VLProcessor",
-                default_fmt="qwen3_vl",
-                rec_template=QWEN_REC,
-                special_tokens=tuple(QWEN3_TOKENS),
-                chat_template=template,
-                eos_token="<|im_end|>",
-                pad_token="<|endoftext|>",
-                has_video_processor=True,
-                vision_modules=("model.visual",),
-            )
-            for name, model_class, template in [
-                ("qwen3_vl", "Qwen3VLForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
-                ("qwen3_vl_moe", "Qwen3VLMoeForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),
-                ("qwen3_5", "Qwen3_5ForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
-                ("qwen3_5_moe", "Qwen3_5MoeForConditionalGeneration", QWEN3_5_CHAT_TEMPLATE),
-            ]
-        ],
-        *[
-            FamilySpec(
-                name=name,
-                model_types=(name,),
-                model_class=model_class,
-                processor_class=processor,
-                default_fmt="glm4v",
-                rec_template="Help me to locate {expression} in the image and give me its bounding boxes.",
-                special_tokens=tuple(GLM4V_TOKENS),
-                chat_template=GLM4V_CHAT_TEMPLATE,
-                eos_token="<|endoftext|>",
-                pad_token="<|endoftext|>",
-                has_video_processor=True,
-                vision_modules=("model.visual",),
-                router_aux_loss=name != "glm4v_moe",
-                # GLM-4.5V: attention only. PEFT rewrites gate/up/down_proj targets of this model type into its
-                # fused experts' parameters (every expert trains, and LoRA dropout must be 0)
-                lora_targets=LANGUAGE_TARGETS[:4] if name == "glm4v_moe" else LANGUAGE_TARGETS,
-            )
-            for name, model_class, processor in [
-                ("glm4v", "Glm4vForConditionalGeneration", "Glm4vProcessor"),
-                ("glm4v_moe", "Glm4vMoeForConditionalGeneration", "Glm4vProcessor"),
-                ("glm46v", "Glm46VForConditionalGeneration", "Glm46VProcessor"),
-            ]
-        ],
-    ]
-}
+            vision_modules=("model.visual",),
+            router_aux_loss=name != "glm4v_moe",
+            # GLM-4.5V: attention only. PEFT rewrites gate/up/down_proj targets of this model type into its
+            # fused experts' parameters (every expert trains, and LoRA dropout must be 0)
+            lora_targets=LANGUAGE_TARGETS[:4] if name == "glm4v_moe" else LANGUAGE_TARGETS,
+        )
+        for name, model_class, processor in [
+            ("glm4v", "Glm4vForConditionalGeneration", "Glm4vProcessor"),
+            ("glm4v_moe", "Glm4vMoeForConditionalGeneration", "Glm4vProcessor"),
+            ("glm46v", "Glm46VForConditionalGeneration", "Glm46VProcessor"),
+        ]
+    ],
+]
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
-    """Add a model family (see docs/architecture.md, "Adding a model family")."""
-    if spec.name in FAMILIES:
-        raise ValueError(f"model family {spec.name!r} is already registered")
+    """Add a model family (see docs/architecture.md, "Adding a model family"); a taken name or model_type is a
+    ValueError."""
     clash = [t for t in spec.model_types if family_for_model_type(t) is not None]
-    if clash:
+    if clash and spec.name not in FAMILIES:
         raise ValueError(f"model_type {clash[0]!r} already belongs to {family_for_model_type(clash[0]).name}")
-    FAMILIES[spec.name] = spec
-    return spec
+    return FAMILIES.register(spec.name, spec)
 
 
 def available_families() -> list[str]:
-    return sorted(FAMILIES)
+    return FAMILIES.available()
 
 
 def family_for_model_type(model_type: str) -> FamilySpec | None:
@@ -406,9 +405,10 @@ def family_for_model_type(model_type: str) -> FamilySpec | None:
 
 
 def get_family(name: str) -> FamilySpec:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown model family {name!r}; supported: {', '.join(available_families())}"
-        ) from None
+    """The family registered as ``name``; an unknown name is an UnknownName (a UserError and a KeyError) that
+    lists the known ones."""
+    return FAMILIES.get(name)
+
+
+for _spec in BUILT_IN:
+    register_family(_spec)

@@ -30,10 +30,7 @@ def read_config(path: Path) -> dict:
 
 def resolve_family(config: dict, family: str | None, path: Path):
     if family:
-        try:
-            return get_family(family)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
+        return get_family(family)  # an unknown name is a UserError listing the known ones
     model_type = config.get("model_type")
     spec = family_for_model_type(model_type) if model_type else None
     if spec is None:
