@@ -101,3 +101,23 @@ def test_unknown_and_duplicate_prompt_ids(tmp_path):
     (tmp_path / "bad.json").write_text("[{not json")
     with pytest.raises(UserError, match="bad.json: not valid JSON"):
         select_templates(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")),
+            "aliases",
+        ),
+        (b"- {id: x, view: full, template: \xff}\n", "not UTF-8"),
+        ("[" * 200 + "]" * 200, "nested more than"),
+    ],
+    ids=["alias bomb", "not UTF-8", "deep nesting"],
+)
+def test_a_hostile_yaml_template_file_is_one_line_not_a_hang(text, message, tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(UserError, match=message):
+        load_templates(path)

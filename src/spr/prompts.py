@@ -136,20 +136,18 @@ def load_templates(path: str | Path) -> list[PromptTemplate]:
     """Templates from a JSON or YAML file: a list of ``{id, view, template}`` objects."""
     path = Path(path)
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read prompt templates: {e}") from None
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    if path.suffix.lower() in (".yaml", ".yml"):
+        from .config import load_yaml
 
-            data = yaml.safe_load(raw)
-        else:
+        data = load_yaml(raw, str(path))  # size, encoding, nesting and alias limits, one line each
+    else:
+        try:
             data = json.loads(raw)
-    except Exception as e:  # noqa: BLE001  (JSON and YAML raise different types)
-        raise UserError(
-            f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {e}"
-        ) from None
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, list) or not data:
         raise UserError(f"{path}: expected a non-empty list of {{id, view, template}} objects")
     out = []
