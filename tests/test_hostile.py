@@ -305,6 +305,10 @@ def _corrupt(name: str):
             (d / "chat_template.jinja").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
         elif name == "template looping":
             (d / "chat_template.jinja").write_text("{% for i in range(10**12) %}x{% endfor %}")
+        elif name == "patch size 0":
+            processor = json.loads((d / "processor_config.json").read_text())
+            processor["image_processor"]["patch_size"] = 0
+            (d / "processor_config.json").write_text(json.dumps(processor))
 
     return rewrite
 
@@ -319,6 +323,7 @@ BAD_MODELS = {
     "index naming a file outside": "names the shard '../outside.safetensors'",
     "template tripping the sandbox": "the chat template does not render (SecurityError",
     "template looping": "the chat template does not render",
+    "patch size 0": "the image processor's patch_size is 0",
 }
 
 

@@ -98,4 +98,11 @@ def load_processor(path: str | Path, spec: FamilySpec, trust_remote_code: bool =
         raise UserError(
             f"{path}: the processor has no chat template (expected chat_template.jinja or chat_template.json)"
         )
+    for name in GEOMETRY_FIELDS:  # the processor divides by them when it resizes an image
+        value = getattr(processor.image_processor, name, None)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not value > 0:
+            raise UserError(f"{path}: the image processor's {name} is {value}; it must be a positive number")
     return processor
+
+
+GEOMETRY_FIELDS = ("patch_size", "merge_size", "temporal_patch_size")
