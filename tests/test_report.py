@@ -354,3 +354,15 @@ def test_report_renders_boxes_and_shows_script_as_text_in_chromium(tmp_path):
     assert "<i>" not in dom and "&lt;i&gt;round 2&lt;/i&gt;" in dom
     assert len(re.findall(r'<g class="series" data-series="[^"]*">', dom)) == 3  # one line per model
     assert len(re.findall(r'<img class="view" src="report_files/[^"]+" width="400" height="300"', dom)) == 2
+
+
+def test_a_signed_box_error_moving_towards_zero_is_shown_as_a_gain():
+    from spr.report.data import ReportData
+    from spr.report.results import results_section
+
+    models = {"base": {"acc@0.8": 0.25, "width_error": 2.9, "centre_dx": -0.1},
+              "round 1": {"acc@0.8": 0.37, "width_error": 1.1, "centre_dx": -0.3}}  # fmt: skip
+    html = results_section(ReportData(regions={}, results={"eval": {}, "models": models}))
+    assert '<span class="delta up">(+0.120)</span>' in html  # accuracy up: a gain
+    assert '<span class="delta up">(-1.800)</span>' in html  # looseness down: a gain, though negative
+    assert '<span class="delta down">(-0.200)</span>' in html  # shifted further from 0: a loss

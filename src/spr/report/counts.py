@@ -26,6 +26,8 @@ PROBLEM_MEANING = {
     "not refined": "refined texts in which some box could not be replaced (kept as written)",
     "refined: boxes replaced": "boxes, not texts: box strings that refinement replaced with the matched reference",
     "refined: boxes dropped": "boxes, not texts: box strings that refinement removed (--unmatched drop)",
+    "refined: boxes set to the samples' median": "boxes, not texts: box strings that matched no reference and "
+    "took the median of the prompt's sampled boxes for that object (--unmatched median)",
     "reference box unusable": "annotated object boxes, not texts, that could not serve as references",
     "malformed region record": "lines of regions.jsonl skipped as unreadable",
     "malformed candidate record": "lines of candidates.jsonl skipped as unreadable",

@@ -6,6 +6,7 @@ import math
 import re
 from html import escape
 
+from ..evaluate.rec import BOX_ERRORS
 from .cells import MODEL_COLOURS
 from .data import ReportData
 from .svg import line_chart_svg
@@ -60,7 +61,11 @@ def results_section(data: ReportData) -> str:
         b = _number(models[base].get(key)) if base is not None else None
         if name != base and b is not None:
             d = v - b
-            cls = "up" if d > 0 else "down" if d < 0 else ""
+            if key in BOX_ERRORS:  # mean signed errors: better is nearer 0, not higher
+                d_abs = abs(v) - abs(b)
+                cls = "up" if d_abs < 0 else "down" if d_abs > 0 else ""
+            else:
+                cls = "up" if d > 0 else "down" if d < 0 else ""
             out += f'<span class="delta {cls}">({d:+.3f})</span>'
         return f'<td class="num">{out}</td>'
 

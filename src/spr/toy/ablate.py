@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import opt, output_settings
+from ..evaluate.rec import BOX_ERRORS
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,7 @@ ARMS: dict[str, Arm] = {
     ),
 }
 REC_KEYS = ("acc@0.5", "acc@0.6", "acc@0.7", "acc@0.75", "acc@0.8", "acc@0.9", "mean_iou")
-BOX_ERRORS = ("width_error", "height_error", "centre_dx", "centre_dy")
-"""Signed box errors (px): shown as the arm's own value, not as a change, so the table reads before -> after."""
+# the signed box errors (px) are shown as the arm's own value, not as a change, so the table reads before -> after
 METRICS = (*REC_KEYS, "description_f1@0.5", "description_f1@0.75", *BOX_ERRORS)
 SHARED = ("world", "eval-regions", "eval/base", "round-1/regions", "round-1/generate", "round-1/score")
 
