@@ -325,9 +325,8 @@ def part_demo(run: Run, mode: str, work: Path, cfg: dict) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     reference = None
-    if (
-        device != "cpu"
-    ):  # the CPU fp32 run of the same config, beside the device run (one thread: tiny models)
+    # the CPU fp32 run of the same config, beside the device run (one thread: tiny models)
+    if device != "cpu":
         cpu_log = (work / "demo_cpu.log").open("w")
         cmd = demo_command(work / "demo_cpu", mode, "cpu", "float32")
         reference = subprocess.Popen(cmd, stdout=cpu_log, stderr=subprocess.STDOUT, env={**env, "OMP_NUM_THREADS": "1"}, cwd=work)  # fmt: skip

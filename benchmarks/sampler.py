@@ -66,9 +66,8 @@ def logits_of(kind: str, rows: int, vocab: int, generator: torch.Generator) -> t
     if kind == "spread":
         return torch.randn(rows, vocab, generator=generator) * 4
     logits = torch.randn(rows, vocab, generator=generator) * 2
-    for row in range(
-        rows
-    ):  # 1 to 8 favourites per row, 18 to 26 nats above the floor (a trained model's margin)
+    # 1 to 8 favourites per row, 18 to 26 nats above the floor (a trained model's margin)
+    for row in range(rows):
         favourites = torch.randint(vocab, (1 + row % 8,), generator=generator)
         logits[row, favourites] += 18 + 8 * torch.rand(len(favourites), generator=generator)
     return logits

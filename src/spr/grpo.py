@@ -308,9 +308,8 @@ def build_trainer(config: GrpoConfig, callbacks=()):
     precision = decide(config.dtype, "lora", config.device, config.gradient_checkpointing)
     args = grpo_args(config, precision)  # before the model loads (ZeRO-3 shards the weights as they load)
     adapter = load_for_training(config, precision)
-    if (
-        not adapter.spec.router_aux_loss
-    ):  # the family's routers balance without it (FamilySpec.router_aux_loss)
+    # the family's routers balance without it (FamilySpec.router_aux_loss)
+    if not adapter.spec.router_aux_loss:
         args.router_aux_loss_coef = 0.0
     problems: list[str] = []
     rows = (region_rows(config, adapter, problems) if config.regions else []) + (

@@ -304,9 +304,8 @@ def plan(config: RunConfig) -> list[Step]:
             values = {**c.regions, "out": str(regions), "seed": seed_regions + k - 1}
             steps.append(step(f"round-{k}/regions", "regions", "regions", values))
         method = c.method[0] if len(c.method) == 1 else c.method[k - 1]
-        if (
-            c.reference == "base"
-        ):  # keep training round k-1's adapter on the base; the base stays the reference
+        # keep training round k-1's adapter on the base; the base stays the reference
+        if c.reference == "base":
             train_model, merge_base = c.model, c.model
         else:  # a new adapter on round k-1's model, which is then the reference
             train_model, merge_base, adapter = policy, policy, None

@@ -200,9 +200,8 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
     loaded_here = adapter is None
     if loaded_here:
         adapter = load_for_training(config, precision)
-    if (
-        not adapter.spec.router_aux_loss
-    ):  # the family's routers balance without it (FamilySpec.router_aux_loss)
+    # the family's routers balance without it (FamilySpec.router_aux_loss)
+    if not adapter.spec.router_aux_loss:
         args.router_aux_loss_coef = 0.0
     problems: list[str] = []
     if rows is None:

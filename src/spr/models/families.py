@@ -388,7 +388,7 @@ def register_family(spec: FamilySpec) -> FamilySpec:
     """Add a model family (see docs/architecture.md, "Adding a model family"); a taken name or model_type is a
     ValueError."""
     clash = [t for t in spec.model_types if family_for_model_type(t) is not None]
-    if clash and spec.name not in FAMILIES:
+    if clash and spec.name not in FAMILIES:  # a taken name is the registry's error (below), not a clash
         raise ValueError(f"model_type {clash[0]!r} already belongs to {family_for_model_type(clash[0]).name}")
     return FAMILIES.register(spec.name, spec)
 

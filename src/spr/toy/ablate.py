@@ -155,7 +155,7 @@ def paper_recipe(demo):
     """The demo's config with the paper's recipe (DPO + SFT term, unmatched boxes kept) on world seed 0: what
     every arm varies. The demo itself runs the recipe the arms chose, on a world of its own."""
     score = {k: v for k, v in demo.score.items() if k != "unmatched"}
-    train = {
+    train = {  # beta 0.1 is spr train's default, named as the demo named it when the tables were measured
         "beta": 0.1,
         "loss_type": ["sigmoid", "sft"],
         **{k: v for k, v in demo.train.items() if k != "loss_type"},

@@ -482,9 +482,8 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     recipe = config.to_dict()
-    if (
-        config.init and (Path(config.init) / "recipe.json").exists()
-    ):  # the chain of recipes that made the weights
+    # the chain of recipes that made the weights
+    if config.init and (Path(config.init) / "recipe.json").exists():
         recipe["init_recipe"] = json.loads((Path(config.init) / "recipe.json").read_text())
     (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
