@@ -1,18 +1,22 @@
-"""DPO step time and peak memory of `spr train` (today's path, and with the reference cached and the vision shared)
+"""DPO step time, one epoch's time and peak memory of `spr train` (without its savings, with some, with all)
 against a plain TRL DPOTrainer script, same tiny model and pairs.
 
-    .venv/bin/python benchmarks/train.py [--family qwen2_vl] [--steps 12] [--pairs 8] [--batch-size 2]
+    .venv/bin/python benchmarks/train.py [--family qwen2_vl] [--steps N] [--pairs 8] [--batch-size 2]
                                          [--image-tokens 256] [--rounds 3] [--threads 1]
 
-Six runs per round, each in its own fresh process (so that peak memory is that run's alone): {spr, spr shared,
-plain} x {lora, full}.
+Eight runs per round, each in its own fresh process (so that peak memory is that run's alone): {spr, spr prompt
+per answer, spr shared, plain} x {lora, full}. ``--steps`` defaults to one epoch (pairs / batch size), which is
+what the shipped 7B config runs.
 
-- ``spr``: ``spr.train.train`` as it ran before the savings (``cache_reference=False, share_vision=False``): pairs
-  read from dpo.jsonl, images loaded per batch, LoRA on the language model via spr's target regex, the reference
-  as the adapter switched off / an explicit frozen copy, run in every step; saving included.
-- ``spr shared``: the same with the defaults: the reference's log-probs computed once before the first step into
-  the cache beside dpo.jsonl (removed before every run, so each run pays for its pass: ``ref pass s``, not part
-  of the step time) and each pair's image features computed once per step.
+- ``spr``: ``spr.train.train`` without the savings (``cache_reference=False, share_vision=False,
+  share_prompt=False``): pairs read from dpo.jsonl, images loaded per batch, LoRA on the language model via spr's
+  target regex, the reference as the adapter switched off / an explicit frozen copy, run in every step; saving
+  included.
+- ``spr prompt per answer``: the reference's log-probs computed once before the first step into the cache beside
+  dpo.jsonl (removed before every run, so each run pays for its pass: ``ref pass s``, not part of the step time)
+  and each pair's image features computed once per step; the prompt still runs once per answer.
+- ``spr shared``: the defaults: the above, and each pair's prompt runs through the language model once for both
+  answers (``share_prompt``, :mod:`spr.training.prefix`), in the steps and in the reference pass.
 - ``plain``: what a user writes from TRL's documentation: the images decoded into a ``datasets.Dataset`` up
   front, ``DPOTrainer`` with its default collator, ``LoraConfig(target_modules=[...names...])``; for full
   fine-tuning an explicit deep copy as reference (the model is built in memory, so TRL cannot reload it).
@@ -27,7 +31,8 @@ the run spends on both: the pass weighs less with more steps per pair, and nothi
 pairs, which read the cache). Peak memory is the process's maximum resident set size (``resource.getrusage``),
 which includes the interpreter, torch and the model (on a GPU the peak of ``torch.cuda.max_memory_allocated`` is
 shown too). Ratios over ``plain`` come from the same invocation, rounds
-interleaved. Goal (not a test): ``spr shared`` step time <= 0.75x plain at equal batch, peak memory no higher.
+interleaved. Goal (issue 28, not a test): ``spr shared`` one epoch including the reference pass (``steps + pass``)
+<= 0.6x plain, peak memory no higher.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ def pixel_budget(image_tokens: int) -> dict:
 
 
 def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int, budget: dict,
-            shared: bool) -> tuple[list[float], float]:  # fmt: skip
+            impl: str) -> tuple[list[float], float]:  # fmt: skip
     import spr.training.trainer as trainer_module
     from spr.train import TrainConfig, train
 
@@ -146,8 +151,9 @@ def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batc
         save_steps=10_000,
         warmup_ratio=0.1,
         report_to="none",
-        cache_reference=shared,
-        share_vision=shared,
+        cache_reference=impl != "spr",
+        share_vision=impl != "spr",
+        share_prompt=impl == "spr shared",
         **budget,
         **{k: v for k, v in COMMON.items()},
     )
@@ -226,7 +232,7 @@ def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, ba
     return timer.times, 0.0
 
 
-IMPLS = ("spr", "spr shared", "plain")
+IMPLS = ("spr", "spr prompt per answer", "spr shared", "plain")
 
 
 def child(args) -> None:
@@ -239,7 +245,7 @@ def child(args) -> None:
     if args.impl == "plain":
         times, pass_s = run_plain(args.method, str(run[0]), *run[1:], budget)
     else:
-        times, pass_s = run_spr(args.method, str(run[0]), *run[1:], budget, shared=args.impl == "spr shared")
+        times, pass_s = run_spr(args.method, str(run[0]), *run[1:], budget, args.impl)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     print(
@@ -253,7 +259,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--family", default="qwen2_vl")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: one epoch, pairs / batch size)")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument(
@@ -275,6 +281,8 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps is None:
+        args.steps = -(-args.pairs // args.batch_size)
     if args.child:
         child(args)
         return

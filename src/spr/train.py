@@ -81,6 +81,11 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOpti
         "frozen, compute its features once for both and the reference, instead of once per row and model",
         output=False,
     )  # fmt: skip
+    share_prompt: bool = opt(
+        True, "run each pair's prompt (its image tokens included) through the language model once for its chosen "
+        "and rejected answer, with a 4-d attention mask, instead of once per answer (sdpa / eager attention; "
+        "not Qwen3.5)", output=False,
+    )  # fmt: skip
     seed: int = opt(0, "random seed (initialisation, data order, dropout)")
     logging_steps: int = opt(10, "log every N steps", output=False)
     skip_bad: bool = opt(
@@ -252,6 +257,7 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
         skipped=len(problems),
         reference=reference,
         vision_spec=adapter.spec if config.share_vision else None,
+        prompt_spec=adapter.spec if config.share_prompt else None,
     )
     if config.adapter:
         # TRL makes the reference a frozen copy ("ref") of the adapter it was given; a LoRA whose B is zero adds

@@ -231,6 +231,10 @@ class FamilySpec:
     shared_prefill: bool = True
     """Sampling N answers per prompt prefills the prompt (images included) once and repeats its KV cache N times
     (:meth:`ModelAdapter.generate`); False keeps the prefill of every answer row on its own."""
+    prompt_sharing: bool = True
+    """DPO may run each pair's prompt once for both answers with a 4-d attention mask (:mod:`spr.training.prefix`).
+    False where a layer sees no attention mask: Qwen3.5's linear-attention layers would let the rejected answer see
+    the chosen one."""
     router_aux_loss: bool = True
     """MoE models: training adds TRL's load-balancing loss (Mixtral's) with the checkpoint's coefficient. False for
     GLM-4.5V, whose routers balance without it (sigmoid scores, grouped top-k, as DeepSeek-V3) and whose config
@@ -348,6 +352,7 @@ BUILT_IN: list[FamilySpec] = [
             pad_token="<|endoftext|>",
             has_video_processor=True,
             vision_modules=("model.visual",),
+            prompt_sharing=not name.startswith("qwen3_5"),
         )
         for name, model_class, template in [
             ("qwen3_vl", "Qwen3VLForConditionalGeneration", QWEN3_VL_CHAT_TEMPLATE),

@@ -7,6 +7,8 @@
   once they are known.
 - **vision once per pair** (:mod:`spr.training.vision`): with the vision tower frozen, each step computes every
   pair's image features once for chosen, rejected and the reference forward.
+- **prompt once per pair** (:mod:`spr.training.prefix`): each pair's prompt runs through the language model once
+  for its chosen and rejected answer, in the steps and in the reference pass.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from trl import DPOTrainer
 
 from .lifecycle import SprTrainer
+from .prefix import ATTENTION, PromptShared
 from .reference import compute_reference
 from .vision import multimodal_model, shared_vision, vision_frozen
 
@@ -37,14 +40,21 @@ class CachedReference:
 
 class SprDPOTrainer(SprTrainer, DPOTrainer):
     """``reference``: where the reference's log-probs are cached (None: the reference runs in every step);
-    ``vision_spec``: the family's FamilySpec, to share vision features when the vision tower is frozen."""
+    ``vision_spec``: the family's FamilySpec, to share vision features when the vision tower is frozen;
+    ``prompt_spec``: the family's FamilySpec, to run each pair's prompt once (where the family and the attention
+    allow it)."""
 
-    def __init__(self, *args, reference: CachedReference | None = None, vision_spec=None, **kwargs):
+    def __init__(
+        self, *args, reference: CachedReference | None = None, vision_spec=None, prompt_spec=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.spr_reference = reference
         # the features are shared only while they do not change: with the vision tower frozen
         self.spr_spec = (
             vision_spec if vision_spec is not None and vision_frozen(self.model, vision_spec) else None
+        )
+        self.spr_prompt_spec = (
+            prompt_spec if prompt_spec is not None and prompt_shareable(self.model, prompt_spec) else None
         )
 
     def train(self, *args, **kwargs):
@@ -63,8 +73,32 @@ class SprDPOTrainer(SprTrainer, DPOTrainer):
             self.ref_model = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        packed: dict = {}  # one packing of the batch for the policy and the reference (so vision can be shared)
+        policy = self.shared_prompt(model, packed)
         with self.shared_vision():
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if policy is model or self.precompute_ref_logps:
+                return super().compute_loss(policy, inputs, return_outputs, num_items_in_batch)
+            # TRL would run the reference on the unshared rows: run it here on the shared prompt, hand it over
+            reference = self.shared_prompt(model if self.ref_model is None else self.ref_model, packed)
+            chosen, rejected = DPOTrainer.compute_ref_log_probs(self, reference, inputs)
+            self.precompute_ref_logps = True
+            try:
+                given = {**inputs, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+                return super().compute_loss(policy, given, return_outputs, num_items_in_batch)
+            finally:
+                self.precompute_ref_logps = False
+
+    def compute_ref_log_probs(self, model, inputs):
+        return super().compute_ref_log_probs(self.shared_prompt(model), inputs)
+
+    def shared_prompt(self, model, packed: dict | None = None):
+        """``model``, running each pair's prompt once when the trainer was set up to (else ``model`` itself);
+        calls with the same ``packed`` dict reuse one packing of a batch."""
+        if self.spr_prompt_spec is None:
+            return model
+        base = self.accelerator.unwrap_model(model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        return PromptShared(model, base.get_submodule(self.spr_prompt_spec.language_module), packed)
 
     def shared_vision(self):
         """Vision features shared within the block (a no-op unless the trainer was set up to share them)."""
@@ -74,3 +108,14 @@ class SprDPOTrainer(SprTrainer, DPOTrainer):
         return shared_vision(
             [multimodal_model(self.accelerator.unwrap_model(m), self.spr_spec) for m in models]
         )
+
+
+def prompt_shareable(model, spec) -> bool:
+    """Whether the family's every layer is attention (``FamilySpec.prompt_sharing``) and that attention takes a
+    4-d mask (``sdpa`` or ``eager``, not flash-attention)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    language = base.get_submodule(spec.language_module)
+    attention = getattr(language.config, "_attn_implementation", None)
+    if spec.prompt_sharing and attention not in ATTENTION:
+        log.info("prompts not shared: attention %s takes no 4-d mask (sdpa and eager do)", attention)
+    return spec.prompt_sharing and attention in ATTENTION
