@@ -559,11 +559,14 @@ def unload_lora(adapter, grab) -> None:
     model.eval()
 
 
-def measure_dpo(adapter, model_dir: Path, data: Path, out: Path, cache: bool, share: bool, cfg: dict) -> dict:
+def measure_dpo(
+    adapter, model_dir: Path, data: Path, out: Path, savings: tuple[bool, bool, bool], cfg: dict
+) -> dict:
     import spr.training.trainer as trainer_module
     from spr.train import TrainConfig, train
 
     device = cfg["device"]
+    cache, share, prompt = savings
     for f in data.parent.glob(f"{data.stem}.ref.*"):
         f.unlink()  # every run pays its reference pass
     train_bench = bench_module("train")
@@ -571,7 +574,7 @@ def measure_dpo(adapter, model_dir: Path, data: Path, out: Path, cache: bool, sh
     config = TrainConfig(
         model=str(model_dir), data=str(data), out=str(out), max_steps=cfg["dpo_steps"],
         per_device_train_batch_size=cfg["dpo_batch"], save_steps=10_000, logging_steps=1, learning_rate=1e-5,
-        cache_reference=cache, share_vision=share, device="cpu" if device == "cpu" else "cuda", dtype="auto",
+        cache_reference=cache, share_vision=share, share_prompt=prompt, device="cpu" if device == "cpu" else "cuda", dtype="auto",
         gradient_checkpointing=device != "cpu", overwrite=True, quiet=True,
     )  # fmt: skip
     compute, pass_seconds = trainer_module.compute_reference, []
@@ -602,11 +605,13 @@ def measure_dpo(adapter, model_dir: Path, data: Path, out: Path, cache: bool, sh
     }
 
 
-DPO_RUNS = [  # (name, cache_reference, share_vision): both on and off first, each alone after GRPO
-    ("savings on", True, True),
-    ("savings off", False, False),
-    ("cached reference only", True, False),
-    ("shared vision only", False, True),
+DPO_RUNS = [  # (name, (cache_reference, share_vision, share_prompt)): all on and off first, the others after GRPO
+    ("savings on", (True, True, True)),
+    ("savings off", (False, False, False)),
+    ("prompt per answer", (True, True, False)),
+    ("cached reference only", (True, False, False)),
+    ("shared vision only", (False, True, False)),
+    ("shared prompt only", (False, False, True)),
 ]
 
 
@@ -614,9 +619,9 @@ def part_dpo(run: Run, where: dict, adapter, model_dir: Path, work: Path, cfg: d
     data = work / "pairs" / "dpo.jsonl"
     if not data.exists():
         bench_module("train").make_pairs(data.parent, cfg["pairs"])
-    for name, cache, share in runs:
+    for name, savings in runs:
         out = work / f"dpo-{name.replace(' ', '-')}"
-        run.measure(where, f"dpo {name}", lambda c=cache, s=share, o=out: measure_dpo(adapter, model_dir, data, o, c, s, cfg),
+        run.measure(where, f"dpo {name}", lambda s=savings, o=out: measure_dpo(adapter, model_dir, data, o, s, cfg),
                     need_s=40, limit_s=150)  # fmt: skip
     on, off = where.get("dpo savings on"), where.get("dpo savings off")
     if isinstance(on, dict) and isinstance(off, dict) and "step_s" in on and "step_s" in off:

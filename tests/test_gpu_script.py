@@ -55,7 +55,7 @@ def test_cpu_mode_runs_every_part(tmp_path, monkeypatch):
     for key in ("generate N=1", "generate N=4 shared prefill on", "generate N=4 shared prefill off"):
         assert model[key]["tokens_per_s"] > 0 and model[key]["new_tokens"] == model[key]["rows"] * 6
     assert model["generate N=4 shared prefill on"]["rows"] == 2 * 4
-    for name, cache, _share in gpu.DPO_RUNS:
+    for name, (cache, _vision, _prompt) in gpu.DPO_RUNS:
         run = model[f"dpo {name}"]
         assert run["steps"] == 2 and run["step_s"] > 0
         assert (run["reference_pass_s"] is not None) == cache
