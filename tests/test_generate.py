@@ -117,6 +117,33 @@ def test_resume_after_an_interrupted_run_gives_one_record_per_id(tiny_model_dir,
     assert ids_of(out) == ids
 
 
+def test_a_finished_run_is_a_no_op_that_loads_no_model(
+    tiny_model_dir, regions, tmp_path, monkeypatch, capsys
+):
+    import spr.models
+
+    model, out = tiny_model_dir("qwen2_vl"), tmp_path / "c.jsonl"
+    assert generate(model, regions, out) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(spr.models, "load", no_load)
+    assert generate(model, regions, out) == 0
+    assert out.read_bytes() == before
+    assert re.search(
+        rf"candidates already present +\| {len(expected_ids(regions))} ", capsys.readouterr().out
+    )
+    # other settings, a torn last line or a missing record: the stage runs (and loads the model)
+    with pytest.raises(AssertionError, match="was loaded"):
+        generate(model, regions, out, "--top-p", "0.5")
+    out.write_bytes(before[:-1])
+    with pytest.raises(AssertionError, match="was loaded"):
+        generate(model, regions, out)
+
+
 def test_bad_images_are_reported_and_skipped(tiny_model_dir, regions, tmp_path, capsys):
     rs = read_records(regions, Region)
     corrupt = tmp_path / "corrupt.png"

@@ -118,21 +118,51 @@ def read_regions(path: str | Path, limit: int | None = None) -> list[Region]:
     return regions[:limit] if limit is not None else regions
 
 
-def settings(config: GenerateConfig, adapter) -> dict:
+# what the loaded model tells (and its files, family and options decide): left out where no model is loaded
+FROM_THE_MODEL = ("format", "pixel_budget")
+
+
+def settings(config: GenerateConfig, adapter=None) -> dict:
     """What decides the candidates: the config's output fields with the model's fingerprint instead of its
-    path, the prompts' texts and the codec actually used."""
+    path, the prompts' texts and the codec actually used (without ``adapter``: all but FROM_THE_MODEL)."""
     out = output_settings(config)
     for k in ("model", "out"):
         out.pop(k)
     out["regions"] = str(Path(config.regions).resolve())
     templates = select_templates(config.prompts)
-    out.update(
-        model=fingerprint(config.model),
-        format=adapter.fmt,
-        pixel_budget=adapter.pixel_budget(),
-        prompts=[[t.id, t.view, t.template] for t in templates],
-    )
+    out.update(model=fingerprint(config.model), prompts=[[t.id, t.view, t.template] for t in templates])
+    if adapter is not None:
+        out.update(format=adapter.fmt, pixel_budget=adapter.pixel_budget())
     return out
+
+
+def _guard(config: GenerateConfig, adapter=None) -> StageOutput:
+    out = Path(config.out)
+    return StageOutput(
+        out, "generate", settings(config, adapter), config.overwrite, extra=tuple(shards_of(out)),
+        inputs={"regions": config.regions},
+    )  # fmt: skip
+
+
+def finished(config: GenerateConfig, regions, templates) -> bool:
+    """Whether the output already holds every candidate of this run, made under these settings: then there is
+    nothing to do, and the model is not loaded. The settings the model tells are not compared: the model's
+    fingerprint, family, format and pixel options, which decide them, are."""
+    out = Path(config.out)
+    if config.overwrite or not out.is_file() or shards_of(out):
+        return False
+    if not _guard(config).holds_these_settings(ignore=FROM_THE_MODEL) or not _ends_a_line(out):
+        return False  # (a torn last line is for the writer to repair)
+    return ids_in([out]) >= set(expected_ids(regions, templates, config))
+
+
+def _ends_a_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if not f.tell():
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats:
@@ -142,6 +172,10 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
     out = Path(config.out)
     templates = select_templates(config.prompts)
     regions = read_regions(config.regions, config.limit)
+    if finished(config, regions, templates):
+        return GenerateStats(
+            regions=len(regions), already_present=len(expected_ids(regions, templates, config))
+        )
     rank, world, state = distributed.join(config.device)
     try:
         device = config.device or (str(state.device) if state is not None else "cpu")
@@ -155,10 +189,7 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
                 f"box format {adapter.fmt!r} of the {adapter.family} family is not available; "
                 f"choose one with --format ({', '.join(formats.available())})"
             )
-        guard = StageOutput(
-            out, "generate", settings(config, adapter), config.overwrite, extra=tuple(shards_of(out)),
-            inputs={"regions": config.regions},
-        )  # fmt: skip
+        guard = _guard(config, adapter)
         with contextlib.ExitStack() as held:
             if rank == 0:
                 held.enter_context(guard)

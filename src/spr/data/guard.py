@@ -218,6 +218,16 @@ class StageOutput:
         finally:  # a half-written header (disk full) must not be taken for a record by the next run
             tmp.unlink(missing_ok=True)
 
+    def holds_these_settings(self, ignore: tuple[str, ...] = ()) -> bool:
+        """Whether the output's header names this stage and these settings (``ignore``: keys left out on both
+        sides), read without the lock: for a stage that can tell it has nothing to do before it loads a model."""
+        old = self._read_header()
+        if old is None or old.get("stage") != self.stage:
+            return False
+        return {k: v for k, v in (old.get("settings") or {}).items() if k not in ignore} == {
+            k: v for k, v in self.settings.items() if k not in ignore
+        }
+
     def _read_header(self) -> dict | None:
         try:
             data = json.loads(self.header.read_text(encoding="utf-8"))
