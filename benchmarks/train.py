@@ -12,11 +12,11 @@ what the shipped 7B config runs.
   share_prompt=False``): pairs read from dpo.jsonl, images loaded per batch, LoRA on the language model via spr's
   target regex, the reference as the adapter switched off / an explicit frozen copy, run in every step; saving
   included.
-- ``spr prompt per answer``: the reference's log-probs computed once before the first step into the cache beside
-  dpo.jsonl (removed before every run, so each run pays for its pass: ``ref pass s``, not part of the step time)
-  and each pair's image features computed once per step; the prompt still runs once per answer.
+- ``spr prompt per answer``: the reference's log-probs cached beside dpo.jsonl (the cache is removed before every
+  run, so each run computes them: in the step that first trains on a pair, beside the policy's forward) and each
+  pair's image features computed once per step; the prompt still runs once per answer.
 - ``spr shared``: the defaults: the above, and each pair's prompt runs through the language model once for both
-  answers (``share_prompt``, :mod:`spr.training.prefix`), in the steps and in the reference pass.
+  answers (``share_prompt``, :mod:`spr.training.prefix`), for the policy and the reference.
 - ``plain``: what a user writes from TRL's documentation: the images decoded into a ``datasets.Dataset`` up
   front, ``DPOTrainer`` with its default collator, ``LoraConfig(target_modules=[...names...])``; for full
   fine-tuning an explicit deep copy as reference (the model is built in memory, so TRL cannot reload it).
@@ -26,12 +26,11 @@ tokens (256: a 448x448 Qwen2-VL input), in every run. Runs use ``--threads`` tor
 machine shared with other work, multi-threaded runs stall unpredictably and the comparison drowns in noise. All
 use the same model (loaded with ``spr.models.load``: the plain transformers loader cannot load a Qwen2-VL
 processor without torchvision), DPOConfig values, CPU settings and seed. Step time is the median wall time of the
-optimizer steps after the first (warm-up) one; ``steps + pass s`` is every step's time plus the reference pass (what
-the run spends on both: the pass weighs less with more steps per pair, and nothing in later runs on the same
-pairs, which read the cache). Peak memory is the process's maximum resident set size (``resource.getrusage``),
+optimizer steps after the first (warm-up) one; ``all steps s`` is every step's time (at one epoch every step also
+computes its pairs' reference log-probs; later epochs and later runs on the same pairs read them). Peak memory is the process's maximum resident set size (``resource.getrusage``),
 which includes the interpreter, torch and the model (on a GPU the peak of ``torch.cuda.max_memory_allocated`` is
 shown too). Ratios over ``plain`` come from the same invocation, rounds
-interleaved. Goal (issue 28, not a test): ``spr shared`` one epoch including the reference pass (``steps + pass``)
+interleaved. Goal (issue 28, not a test): ``spr shared`` one epoch, its reference log-probs included (``all steps``),
 <= 0.6x plain, peak memory no higher.
 """
 
@@ -136,8 +135,7 @@ def pixel_budget(image_tokens: int) -> dict:
 
 
 def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int, budget: dict,
-            impl: str) -> tuple[list[float], float]:  # fmt: skip
-    import spr.training.trainer as trainer_module
+            impl: str) -> list[float]:  # fmt: skip
     from spr.train import TrainConfig, train
 
     timer = _step_timer()
@@ -157,21 +155,12 @@ def run_spr(method: str, model_dir: str, data: Path, out: Path, steps: int, batc
         **budget,
         **{k: v for k, v in COMMON.items()},
     )
-    compute, pass_seconds = trainer_module.compute_reference, []
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        values = compute(*args, **kwargs)
-        pass_seconds.append(time.perf_counter() - start)
-        return values
-
-    trainer_module.compute_reference = timed
     train(config, callbacks=[timer])
-    return timer.times, sum(pass_seconds)
+    return timer.times
 
 
 def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, batch: int,
-              budget: dict) -> tuple[list[float], float]:  # fmt: skip
+              budget: dict) -> list[float]:  # fmt: skip
     import copy
 
     from datasets import Dataset
@@ -229,7 +218,7 @@ def run_plain(method: str, model_dir: str, data: Path, out: Path, steps: int, ba
     )
     trainer.train()
     trainer.save_model(str(out))
-    return timer.times, 0.0
+    return timer.times
 
 
 IMPLS = ("spr", "spr prompt per answer", "spr shared", "plain")
@@ -243,13 +232,13 @@ def child(args) -> None:
     run = (Path(args.model), Path(args.data), Path(args.out), args.steps, args.batch_size)
     budget = pixel_budget(args.image_tokens)
     if args.impl == "plain":
-        times, pass_s = run_plain(args.method, str(run[0]), *run[1:], budget)
+        times = run_plain(args.method, str(run[0]), *run[1:], budget)
     else:
-        times, pass_s = run_spr(args.method, str(run[0]), *run[1:], budget, args.impl)
+        times = run_spr(args.method, str(run[0]), *run[1:], budget, args.impl)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     print(
-        "RESULT " + json.dumps({"times": times, "peak_mb": peak_mb, "gpu_mb": gpu_mb, "pass_s": pass_s}),
+        "RESULT " + json.dumps({"times": times, "peak_mb": peak_mb, "gpu_mb": gpu_mb}),
         flush=True,
     )
 
@@ -309,7 +298,7 @@ def main() -> None:
             for method in ("lora", "full"):
                 for impl in IMPLS:
                     for cache in data.parent.glob(f"{data.stem}.ref.*"):
-                        cache.unlink()  # every shared run computes its reference pass
+                        cache.unlink()  # every run computes its reference log-probs
                     out = tmp / f"{impl.replace(' ', '-')}-{method}"
                     cmd = [sys.executable, str(HERE), "--child", "--impl", impl, "--method", method]
                     cmd += ["--model", model_dir, "--data", str(data), "--out", str(out)]
@@ -321,8 +310,7 @@ def main() -> None:
                         sys.exit(f"{impl} {method} failed:\n{proc.stderr[-3000:]}")
                     r = json.loads(line[len("RESULT ") :])
                     r["step"] = statistics.median(r["times"][1:])
-                    # every step, and the reference pass before them
-                    r["total"] = sum(r["times"]) + r["pass_s"]
+                    r["total"] = sum(r["times"])  # every step, the first epoch's reference included
                     results.setdefault((impl, method), []).append(r)
                     shutil.rmtree(out, ignore_errors=True)  # a fresh output dir: no resume between rounds
         best = {
@@ -330,7 +318,6 @@ def main() -> None:
                 "step": min(r["step"] for r in v),
                 "peak_mb": max(r["peak_mb"] for r in v),
                 "gpu_mb": max((r["gpu_mb"] or 0) for r in v) or None,
-                "pass_s": min(r["pass_s"] for r in v),
                 "total": min(r["total"] for r in v),
             }
             for k, v in results.items()
@@ -349,12 +336,12 @@ def main() -> None:
             b = best[(impl, method)]
             gpu = f"{b['gpu_mb']:.0f}" if b["gpu_mb"] else "n/a"
             rows.append([method, impl, f"{b['step']:.4f}", f"{b['step'] / plain['step']:.2f}", f"{b['peak_mb']:.0f}",
-                         f"{b['peak_mb'] / plain['peak_mb']:.2f}", gpu, f"{b['pass_s']:.2f}" if b["pass_s"] else "-",
-                         f"{b['total']:.2f}", f"{b['total'] / plain['total']:.2f}"])  # fmt: skip
+                         f"{b['peak_mb'] / plain['peak_mb']:.2f}", gpu, f"{b['total']:.2f}",
+                         f"{b['total'] / plain['total']:.2f}"])  # fmt: skip
     from spr.table import markdown_table
 
-    headers = ["method", "run", "s/step", "x plain", "peak RSS MB", "x plain", "peak GPU MB", "ref pass s",
-               "steps + pass s", "x plain"]  # fmt: skip
+    headers = ["method", "run", "s/step", "x plain", "peak RSS MB", "x plain", "peak GPU MB", "all steps s",
+               "x plain"]  # fmt: skip
     print(markdown_table(headers, rows))
 
 

@@ -55,10 +55,9 @@ def test_cpu_mode_runs_every_part(tmp_path, monkeypatch):
     for key in ("generate N=1", "generate N=4 shared prefill on", "generate N=4 shared prefill off"):
         assert model[key]["tokens_per_s"] > 0 and model[key]["new_tokens"] == model[key]["rows"] * 6
     assert model["generate N=4 shared prefill on"]["rows"] == 2 * 4
-    for name, (cache, _vision, _prompt) in gpu.DPO_RUNS:
+    for name, _savings in gpu.DPO_RUNS:
         run = model[f"dpo {name}"]
-        assert run["steps"] == 2 and run["step_s"] > 0
-        assert (run["reference_pass_s"] is not None) == cache
+        assert run["steps"] == 2 and run["step_s"] > 0 and run["all_steps_s"] >= run["step_s"]
     assert model["grpo"]["steps"] == 1 and model["grpo"]["completions_per_step"] == 4
     log = (tmp_path / "out" / "gpu.log").read_text()
     assert "0 error(s)" in log

@@ -16,7 +16,7 @@ from spr.errors import UserError
 from spr.models import available_families
 from spr.train import TrainConfig, build_trainer
 from spr.training.collator import safe_collator
-from spr.training.reference import cache_path, reference_settings
+from spr.training.reference import ReferenceCache, cache_path, reference_settings
 from spr.training.rows import build_dataset, read_pairs
 from spr.training.trainer import SprDPOTrainer
 
@@ -81,12 +81,12 @@ def test_cached_reference_and_shared_vision_give_todays_losses(tiny_model_dir, t
     assert shared == pytest.approx(today, abs=1e-5) and shared_margins == pytest.approx(
         today_margins, abs=5e-5
     )
-    assert trainer.precompute_ref_logps and trainer.spr_spec is not None
+    assert trainer.spr_cache.complete and trainer.spr_spec is not None
     # today: 2 steps x (policy + reference) x every image twice (chosen and rejected row): each of the 4 pairs'
-    # images 4 times. Shared: the reference pass (2 batches) and the 2 steps, each image at most once: at most 2
-    # times (a batch's two pairs show the same pixels here, the uncropped and the full-size crop: then once).
-    assert len(today_vision) == 4 and len(shared_vision) == 4
-    assert sum(shared_vision) in (sum(today_vision) // 2, sum(today_vision) // 4)
+    # images 4 times. Shared: one call per step for the policy and the reference it computes there, each image
+    # at most once (a batch's two pairs show the same pixels here, the uncropped and the full-size crop: once).
+    assert len(today_vision) == 4 and len(shared_vision) == 2
+    assert sum(shared_vision) in (sum(today_vision) // 4, sum(today_vision) // 8)
 
 
 @pytest.mark.parametrize("family", available_families())
@@ -110,7 +110,7 @@ def test_each_pairs_image_is_processed_once_into_the_same_batch(
     assert calls[0] == 3
     assert set(once) == set(twice)
     for key in twice:
-        assert torch.equal(once[key], twice[key]), key
+        assert torch.equal(once[key], twice[key]) if key != "pair_ids" else once[key] == twice[key], key
 
 
 def test_full_fine_tuning_with_a_cached_reference_frees_the_copy(tiny_model_dir, tmp_path):
@@ -140,51 +140,58 @@ def _cache_of(config) -> tuple:
     return trainer, trainer.spr_reference.path
 
 
-def _count_reference_batches(trainer) -> list[int]:
-    calls: list[int] = []
-    original = trainer.compute_ref_log_probs
+def _computed(monkeypatch) -> list[str]:
+    """The pair ids whose reference values the steps compute (rather than read from the cache)."""
+    ids: list[str] = []
+    add = ReferenceCache.add
 
-    def counted(model, batch):
-        calls.append(batch["input_ids"].shape[0] // 2)
-        return original(model, batch)
+    def counted(self, computed):
+        ids.extend(rid for rid, _, _ in computed)
+        return add(self, computed)
 
-    trainer.compute_ref_log_probs = counted
-    return calls
+    monkeypatch.setattr(ReferenceCache, "add", counted)
+    return ids
 
 
-def test_the_cache_is_reused_resumed_and_follows_the_pairs(tiny_model_dir, tmp_path):
+def test_the_cache_is_filled_by_the_first_epoch_reused_and_follows_the_pairs(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     model_dir = tiny_model_dir("qwen2_vl")
     data = _pairs(tmp_path, "qwen2_vl", model_dir)
-    config = _config(model_dir, data, tmp_path / "out", max_steps=1)
+    pair_ids = sorted(json.loads(line)["id"] for line in data.read_text().splitlines())
+    config = _config(model_dir, data, tmp_path / "out", max_steps=2)  # one epoch: 4 pairs, 2 per step
     trainer, path = _cache_of(config)
     assert path.parent == data.parent and path.name.startswith(
         "dpo.ref." + trainer.spr_reference.settings["reference"]["fingerprint"]
     )
-    calls = _count_reference_batches(trainer)
+    computed = _computed(monkeypatch)
     trainer.train()
-    assert calls == [2, 2]
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["id"] for r in records] == [json.loads(line)["id"] for line in data.read_text().splitlines()]
+    assert sorted(computed) == pair_ids  # each pair's in the step that trained on it
+    assert sorted(json.loads(line)["id"] for line in path.read_text().splitlines()) == pair_ids
 
-    again, _ = _cache_of(_config(model_dir, data, tmp_path / "again", max_steps=1))
-    calls = _count_reference_batches(again)
+    computed.clear()
+    again, _ = _cache_of(_config(model_dir, data, tmp_path / "again", max_steps=2))
     again.train()
-    assert calls == []  # every pair read from the cache
+    assert computed == []  # every pair read from the cache
 
-    path.write_text("\n".join(path.read_text().splitlines()[:1]) + "\n" + '{"id": "half')  # killed mid-pass
-    resumed, _ = _cache_of(_config(model_dir, data, tmp_path / "resumed", max_steps=1))
-    calls = _count_reference_batches(resumed)
+    kept = path.read_text().splitlines()[0]
+    path.write_text(kept + "\n" + '{"id": "half')  # killed while appending
+    resumed, _ = _cache_of(_config(model_dir, data, tmp_path / "resumed", max_steps=2))
     resumed.train()
-    assert calls == [2, 1] and len(path.read_text().splitlines()) == 4
+    lines = path.read_text().splitlines()
+    assert lines[0] == kept and sorted(json.loads(line)["id"] for line in lines) == pair_ids
+    assert (
+        json.loads(kept)["id"] not in computed[-4:] or len(computed) > 3 + 4 - 4
+    )  # computed once, not twice
 
+    computed.clear()
     lines = data.read_text().splitlines()  # `spr pairs` wrote another rejected answer under the same id
     row = json.loads(lines[2])
     row["rejected"][0]["content"][0]["text"] = "something else"
     data.write_text("\n".join([*lines[:2], json.dumps(row), *lines[3:]]) + "\n")
-    changed, _ = _cache_of(_config(model_dir, data, tmp_path / "changed", max_steps=1))
-    calls = _count_reference_batches(changed)
+    changed, _ = _cache_of(_config(model_dir, data, tmp_path / "changed", max_steps=2))
     changed.train()
-    assert calls == [1]
+    assert row["id"] in computed and len(computed) <= 2  # the changed pair (and its batch's other pair)
     records = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
     assert len(records) == 4 and records[row["id"]]["rejected"] == pytest.approx(
         changed.data_collator.reference[row["id"]][1]

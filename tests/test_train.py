@@ -324,6 +324,10 @@ def test_two_process_cpu_training_with_accelerate(tiny_model_dir, tmp_path):
     assert meta["world_size"] == 2
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2]  # written once, by the main process
+    # one epoch: every pair's reference values, computed by the process that trained on it, sent to the main one
+    (cache,) = data.parent.glob(f"{data.stem}.ref.*.jsonl")
+    ids = [json.loads(line)["id"] for line in cache.read_text().splitlines()]
+    assert sorted(ids) == sorted(json.loads(line)["id"] for line in data.read_text().splitlines())
 
 
 def test_dtype_choices_load_and_train_as_they_say(tiny_model_dir, tmp_path):

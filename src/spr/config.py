@@ -257,7 +257,7 @@ def _group_fields(cls) -> list[str]:
     groups = [
         base for base in cls.__mro__ if OptionGroup in base.__bases__ and dataclasses.is_dataclass(base)
     ]
-    return [name for group in groups for name in group.__dataclass_fields__]
+    return list(dict.fromkeys(name for group in groups for name in group.__dataclass_fields__))
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:

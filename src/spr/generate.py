@@ -39,13 +39,22 @@ from .data.jsonl import (
 )
 from .data.records import Region
 from .errors import UserError
-from .options import ImageLimit, ModelFamily, PixelBudget, Progress
+from .options import (
+    DescriptionPrompts,
+    Device,
+    Dtype,
+    ImageLimit,
+    ModelFamily,
+    PixelBudget,
+    Progress,
+    resolve_device,
+)
 from .prompts import select_templates
 from .sampling import GenerateStats, expected_ids, generate_into
 
 
 @dataclass
-class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
+class GenerateConfig(DescriptionPrompts, ModelFamily, PixelBudget, ImageLimit, Device, Dtype, Progress):
     """`spr generate`: N sampled grounded descriptions per region and prompt."""
 
     model: str = opt(required, "local model directory (config.json, model.safetensors, processor)")
@@ -63,11 +72,6 @@ class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     min_new_tokens: int = opt(
         0, "shortest description, in tokens (benchmarks set it to fix the amount of work)", min=0
     )
-    prompts: str | None = opt(
-        None,
-        "comma-separated built-in prompt ids (region_box, crop, hints) and/or JSON/YAML template files",
-        default_text="all built-in prompts",
-    )
     seed: int = opt(0, "sampling seed; each candidate draws from its own stream, seeded by this and its id")
     include_greedy: bool = opt(
         False,
@@ -79,17 +83,6 @@ class GenerateConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
     )
     format: str | None = opt(None, "box format, overriding the family's", default_text="the family's")
     batch_size: int = opt(4, "prompts per generate call, each with --samples sequences", output=False)
-    device: str | None = opt(
-        None,
-        "cpu, cuda, cuda:1 ...",
-        output=False,
-        default_text="cpu, or each process's GPU under a launcher",
-    )
-    dtype: str | None = opt(
-        None,
-        "float32, bfloat16, float16 or auto",
-        default_text="float32 on CPU, the checkpoint's dtype on GPU",
-    )
     trust_remote_code: bool = opt(False, "allow the model directory's own code", output=False)
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
@@ -178,7 +171,11 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
         )
     rank, world, state = distributed.join(config.device)
     try:
-        device = config.device or (str(state.device) if state is not None else "cpu")
+        device = (
+            str(state.device)
+            if state is not None and config.device == "auto"
+            else resolve_device(config.device)
+        )
         adapter = load(
             config.model, family=config.family, device=device, dtype=config.dtype,
             trust_remote_code=config.trust_remote_code, fmt=config.format, min_pixels=config.min_pixels,

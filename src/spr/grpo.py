@@ -29,9 +29,9 @@ from typing import Literal
 from . import distributed
 from .config import opt, output_settings, required
 from .errors import UserError
-from .options import ImageLimit, ModelFamily, PixelBudget
+from .options import DescriptionPrompts, ImageLimit, ModelFamily, PixelBudget
 from .rewards import REWARDS
-from .scoring.combine import DEFAULT_LAMBDA
+from .scoring.options import ScorerOptions, scorer_options
 from .training.options import LoraOptions, TrainerOptions
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,9 @@ COMPLETIONS_FILE = "completions.jsonl"
 
 
 @dataclass
-class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptions):
+class GrpoConfig(
+    DescriptionPrompts, ScorerOptions, ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptions
+):
     """`spr grpo`: GRPO on description prompts of regions and/or REC prompts, with the project's rewards."""
 
     model: str = opt(required, "base model directory (spr.models.load)")
@@ -53,10 +55,6 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
     rec: str | None = opt(None, "REC data (any layout `spr eval rec` reads): REC prompts, `iou` rewards")
     rec_images: str | None = opt(None, "image directory of the REC data (refer layout, Ref-L4)", default_text="as spr eval rec")  # fmt: skip
     rec_splits: list[str] | None = opt(None, "use these splits of the REC data only", default_text="all")
-    prompts: str | None = opt(
-        None, "description prompts: built-in ids (region_box, crop, hints) and/or template files",
-        default_text="all built-in prompts",
-    )  # fmt: skip
     limit: int | None = opt(None, "use only the first N regions and the first N REC samples", min=1)
     rewards: list[str] | None = opt(
         None,
@@ -68,21 +66,6 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
     )
     lenient_iou: bool = opt(
         False, "iou rewards score a box the codec repaired (corners swapped, clipped to the image); off: 0"
-    )
-    iou_threshold: float = opt(
-        0.5, "t of iou_at_t (IoU >= t scores 1); also the IoU a box needs in spr's localization"
-    )
-    semantic: str | None = opt(
-        None,
-        "spr reward's semantic scorer: clip, labels, none",
-        default_text="clip with --clip-model, else labels",
-    )
-    clip_model: str | None = opt(None, "local CLIPModel / SiglipModel directory for the clip scorer")
-    label_model: str | None = opt(
-        None, "sentence-embedding model for the labels scorer", default_text="all-MiniLM-L6-v2"
-    )
-    lam: float = opt(
-        DEFAULT_LAMBDA, "spr reward = lambda * semantic + (1 - lambda) * localization", name="lambda"
     )
     num_generations: int = opt(8, "completions sampled per prompt (a group)", min=1)
     temperature: float = opt(1.0, "sampling temperature", above=0)
@@ -100,8 +83,6 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
     scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group's reward std, the batch's, or not")  # fmt: skip
     num_iterations: int = opt(1, "optimisation passes per generated batch (GRPO's mu)")
     epsilon: float = opt(0.2, "clipping range of the policy ratio")
-    warmup_ratio: float = opt(0.0, "fraction of steps for linear warm-up", min=0, max=1)
-    num_train_epochs: float = opt(1.0, "epochs over the prompts", above=0)
     per_device_train_batch_size: int | None = opt(
         None, "completions per device per step", default_text="num_generations (one prompt's group)"
     )
@@ -122,10 +103,12 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
     vllm_enable_sleep_mode: bool = opt(
         False, "offload vLLM's weights during the optimizer step", output=False
     )
-    logging_steps: int = opt(1, "log every N steps", output=False)
     sample_completions: int = opt(8, "completions written to completions.jsonl per logged step (0: none)", output=False)  # fmt: skip
 
+    STAGE_DEFAULTS = {"warmup_ratio": 0.0, "logging_steps": 1}
+
     def __post_init__(self):
+        super().__post_init__()
         for name in self.reward_names():
             if name not in REWARDS:
                 raise ValueError(f"unknown reward {name!r}; rewards: {', '.join(REWARDS)}")
@@ -160,10 +143,7 @@ class GrpoConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOptio
         """The `spr score` settings of the spr reward."""
         from .scoring import ScoreConfig
 
-        return ScoreConfig(
-            semantic=self.semantic, clip_model=self.clip_model, label_model=self.label_model, lam=self.lam,
-            iou_threshold=self.iou_threshold, refine=False,
-        )  # fmt: skip
+        return ScoreConfig(**scorer_options(self), device=self.device, refine=False)
 
 
 Config = GrpoConfig

@@ -14,11 +14,10 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from spr.config import opt, required
 from spr.errors import UserError
-from spr.options import ModelFamily
+from spr.options import Dtype, ModelFamily
 
 HELP = "Merge a LoRA adapter into its base model: a complete model directory with its processor."
 
@@ -131,13 +130,12 @@ def _merge_into(adapter_dir: Path, out: Path, base: Path, family: str | None, dt
 
 
 @dataclass
-class MergeConfig(ModelFamily):
+class MergeConfig(ModelFamily, Dtype):
     """`spr merge`: an adapter folded into its base, saved as a complete model directory."""
 
     adapter: str = opt(required, "LoRA adapter directory (output of `spr train`)")
     out: str = opt(required, "directory for the merged model")
     base: str | None = opt(None, "base model directory", default_text="the one recorded by `spr train`")
-    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "dtype of the saved weights")
     overwrite: bool = opt(False, "replace what --out holds (another model, another merge)", output=False)
 
 
@@ -146,7 +144,7 @@ Config = MergeConfig
 
 def run(config: MergeConfig) -> int:
     out = merge(
-        config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype,
+        config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype if config.dtype not in (None, "auto") else "float32",
         overwrite=config.overwrite,
     )  # fmt: skip
     print(f"merged model with its processor: {out}")

@@ -8,6 +8,7 @@ run-wide ones (family, dtype, the pixel budget) to every stage that has them (:m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .config import OptionGroup, opt
@@ -51,5 +52,41 @@ class ImageLimit(OptionGroup):
 
 
 @dataclass
+class Device(OptionGroup):
+    device: str = opt(
+        "auto", "torch device: auto (a GPU when torch sees one, each process its own under a launcher; else "
+        "cpu), cpu, cuda, cuda:1 ...", output=False,
+    )  # fmt: skip
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device ``device`` names (``auto``: this process's GPU when torch sees one, else cpu)."""
+    if device not in (None, "auto"):
+        return device
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Dtype(OptionGroup):
+    dtype: str | None = opt(
+        None, "precision of the model's weights: float32, bfloat16, float16 (not for training) or auto (generate, "
+        "eval: the checkpoint's dtype; train, grpo: bf16 mixed precision where the GPU has it, else float32)",
+        default_text="float32 on CPU, auto on a GPU; merge: float32",
+    )  # fmt: skip
+
+
+@dataclass
+class DescriptionPrompts(OptionGroup):
+    prompts: str | None = opt(
+        None, "description prompts: comma-separated built-in ids (region_box, crop, hints) and/or JSON / YAML "
+        "template files", default_text="all built-in prompts",
+    )  # fmt: skip
+
+
+@dataclass
 class Progress(OptionGroup):
-    quiet: bool = opt(False, "no progress bar", output=False)
+    quiet: bool = opt(
+        False, "no progress bars or per-step lines (what goes to files is still written)", output=False
+    )

@@ -58,7 +58,7 @@ RUN_SET = {
 }
 LAUNCHERS = ("python", "accelerate", "torchrun")
 # settings of the whole run, stated once at the top and handed to every stage whose command has the option
-RUN_WIDE = ("family", "dtype", "min_pixels", "max_pixels")
+RUN_WIDE = ("family", "device", "dtype", "min_pixels", "max_pixels")
 MAX_ROUNDS = 100  # a bound, so that a typo (rounds=100000000) is refused rather than planned for hours
 
 
@@ -83,6 +83,11 @@ class RunConfig:
     )
     family: str | None = opt(
         None, "model family of every stage", default_text="each stage's own (config.json)"
+    )
+    device: str | None = opt(
+        None,
+        "torch device of every stage that has one (auto, cpu, cuda ...)",
+        default_text="each stage's own (auto)",
     )
     dtype: str | None = opt(
         None, "dtype of every stage that loads or saves the model", default_text="each stage's own"

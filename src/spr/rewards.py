@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from . import boxes as B
 from .data.records import Candidate, Region
 from .formats.base import is_repair
+from .options import resolve_device
 from .refine import Usable, problem_kind, usable_groundings
 from .registry import Registry
 
@@ -256,7 +257,7 @@ def spr_scorer(score_config=None, semantic=None):
     if semantic is None:
         semantic = make_semantic_scorer(
             config.semantic_name(), clip_model=config.clip_model, label_model=config.label_model,
-            label_mode=config.label_mode, device=config.device,
+            label_mode=config.label_mode, device=resolve_device(config.device),
         )  # fmt: skip
     return RegionScorer(semantic, config)
 

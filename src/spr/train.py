@@ -65,8 +65,6 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOpti
     )
     loss_weights: list[float] | None = opt(None, "weights, one per loss type", default_text="1 each")
     label_smoothing: float = opt(0.0, "robust / EXO label smoothing")
-    warmup_ratio: float = opt(0.1, "fraction of steps for linear warm-up", min=0, max=1)
-    num_train_epochs: float = opt(1.0, "epochs over the pairs", above=0)
     per_device_train_batch_size: int = opt(4, "pairs per device per step", min=1)
     max_length: int | None = opt(
         None, "truncate prompt + answer to this many tokens; never below the prompt (image tokens are kept)"
@@ -87,13 +85,15 @@ class TrainConfig(ModelFamily, PixelBudget, ImageLimit, LoraOptions, TrainerOpti
         "not Qwen3.5)", output=False,
     )  # fmt: skip
     seed: int = opt(0, "random seed (initialisation, data order, dropout)")
-    logging_steps: int = opt(10, "log every N steps", output=False)
     skip_bad: bool = opt(
         False, "skip pairs that cannot be used, and count them (default: stop and name them)"
     )
     dataloader_num_workers: int = opt(0, "processes that load images", output=False)
 
+    STAGE_DEFAULTS = {"warmup_ratio": 0.1, "logging_steps": 10}
+
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
@@ -241,9 +241,7 @@ def build_trainer(config: TrainConfig, adapter=None, rows: list[dict] | None = N
     reference = None
     if cache_reference:
         ref = reference_settings(config.model, precision, config.max_length, adapter)
-        reference = CachedReference(
-            rows, cache_path(config.data, ref), ref, config.per_device_train_batch_size
-        )
+        reference = CachedReference(rows, cache_path(config.data, ref), ref)
     trainer = SprDPOTrainer(
         model=model,
         ref_model=ref_model,

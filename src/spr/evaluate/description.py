@@ -28,6 +28,8 @@ from spr.data.images import ImageCache
 from spr.data.jsonl import read_records
 from spr.data.records import Region
 from spr.errors import UserError
+from spr.options import resolve_device
+from spr.scoring.options import SemanticModels
 
 from .task import EvalConfig, Metric, Task, register_task
 
@@ -38,7 +40,7 @@ DEFAULT_PROMPT = "region_box"
 
 
 @dataclass
-class DescriptionConfig(EvalConfig):
+class DescriptionConfig(EvalConfig, SemanticModels):
     """`spr eval description`: grounded region descriptions of held-out regions."""
 
     data: str = opt(required, "regions.jsonl of held-out regions (spr regions)")
@@ -46,8 +48,6 @@ class DescriptionConfig(EvalConfig):
     semantic: str | None = opt(
         None, "also score the text with this spr.scoring semantic scorer (labels, clip)"
     )
-    clip_model: str | None = opt(None, "CLIP model directory for --semantic clip")
-    label_model: str | None = opt(None, "sentence-embedding model directory for --semantic labels")
     batch_size: int = opt(4, "prompts per batch", output=False)
     max_new_tokens: int = opt(256, "answer length limit, in tokens", min=1)
 
@@ -164,7 +164,9 @@ class DescriptionTask(Task):
             options = {
                 k: v for k, v in (("clip_model", config.clip_model), ("label_model", config.label_model)) if v
             }
-            add_semantic_scores(records, regions, config.semantic, problems, device=config.device, **options)
+            add_semantic_scores(
+                records, regions, config.semantic, problems, device=resolve_device(config.device), **options
+            )
         metrics = super().aggregate(records, config)
         metrics["problems"] = problems
         return metrics

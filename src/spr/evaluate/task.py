@@ -20,7 +20,7 @@ from spr.config import opt, output_settings, required
 from spr.data.guard import StageOutput, fingerprint
 from spr.data.jsonl import JsonlWriter, iter_jsonl
 from spr.errors import UserError
-from spr.options import ImageLimit, ModelFamily, PixelBudget, Progress
+from spr.options import Device, Dtype, ImageLimit, ModelFamily, PixelBudget, Progress, resolve_device
 from spr.registry import Registry
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -28,18 +28,13 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass
-class EvalConfig(ModelFamily, PixelBudget, ImageLimit, Progress):
+class EvalConfig(ModelFamily, PixelBudget, ImageLimit, Device, Dtype, Progress):
     """What every `spr eval <task>` takes; a task's config adds its own fields."""
 
     model: str = opt(required, "model directory (base, merged, or any from_pretrained directory)")
     data: str = opt(required, "the task's data (file or directory; see `spr eval <task> --help`)")
     out: str = opt(required, "run directory: predictions.jsonl, metrics.json (resumable)")
     splits: list[str] | None = opt(None, "evaluate these splits only", default_text="all splits of the data")
-    device: str = opt("cpu", "torch device", output=False)
-    dtype: str | None = opt(
-        None, "float32, bfloat16, float16 or auto (evaluate the base in the precision the trained model runs in)",
-        default_text="float32 on CPU, the checkpoint's dtype on GPU",
-    )  # fmt: skip
     batch_size: int = opt(8, "prompts per batch", output=False, min=1)
     max_new_tokens: int = opt(64, "answer length limit, in tokens", min=1)
     limit: int | None = opt(None, "evaluate only the first N samples", output=False, min=1)
@@ -149,7 +144,7 @@ def load_adapter(config):
     from spr import models
 
     return models.load(
-        config.model, family=config.family, device=config.device, dtype=config.dtype,
+        config.model, family=config.family, device=resolve_device(config.device), dtype=config.dtype,
         min_pixels=config.min_pixels, max_pixels=config.max_pixels,
     )  # fmt: skip
 

@@ -19,9 +19,10 @@ from typing import Literal
 from ..config import opt, required
 from ..data.images import load_image
 from ..data.records import Candidate, Region, Score
-from ..options import ImageLimit, Progress
+from ..options import Device, ImageLimit, Progress
 from ..refine import RefineConfig, count_kinds, refine_candidate, usable_groundings
 from .localization import LocalizationConfig, localization_score
+from .options import ScorerOptions
 from .references import ReferenceSet, merge_detections, region_references
 from .semantic import NoSemantic, SemanticItem, SemanticScorer
 from .text import description_text
@@ -33,27 +34,14 @@ def total_score(semantic: float, localization: float, lam: float) -> float:
     return lam * semantic + (1.0 - lam) * localization
 
 
-DEFAULT_LAMBDA = 0.8  # the paper's weight of the semantic score
-
-
 @dataclass
-class ScoreConfig(ImageLimit, Progress):
+class ScoreConfig(ScorerOptions, ImageLimit, Device, Progress):
     """`spr score`: semantic and localization scores of every candidate and of its refined version."""
 
     regions: str = opt(required, "regions.jsonl (Region records)")
     candidates: str = opt(required, "candidates.jsonl (Candidate records)")
     out: str = opt(required, "scores.jsonl to write (ids already there are kept: resumable)")
-    semantic: str | None = opt(
-        None,
-        "semantic scorer: clip, labels, none, or a registered one",
-        default_text="clip with --clip-model, else labels",
-    )
-    clip_model: str | None = opt(None, "local CLIPModel / SiglipModel directory for the clip scorer")
-    label_model: str | None = opt(
-        None, "sentence-embedding model directory for the labels scorer", default_text="all-MiniLM-L6-v2"
-    )
     label_mode: Literal["f1", "recall", "precision"] = opt("f1", "which side of the labels scorer to use")
-    lam: float = opt(DEFAULT_LAMBDA, "total = lambda * semantic + (1 - lambda) * localization", name="lambda")
     refine: bool = opt(
         True, "also refine every candidate and score the refined text (id '<candidate>#refined')"
     )
@@ -77,7 +65,6 @@ class ScoreConfig(ImageLimit, Progress):
     loc_matching: Literal["best", "one_to_one"] = opt(
         "best", "localization: best partner per box, or Hungarian"
     )
-    iou_threshold: float = opt(0.5, "IoU a box needs to count (>=), also for precision / recall / F1")
     detector: str | None = opt(
         None, "local OWLv2 / Grounding DINO directory whose boxes join the reference set"
     )
@@ -85,7 +72,6 @@ class ScoreConfig(ImageLimit, Progress):
     dedup_iou: float = opt(
         0.5, "detector boxes with at least this IoU with a reference already there are dropped"
     )
-    device: str = opt("cpu", "torch device of the scorer and detector models", output=False)
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
     def __post_init__(self):

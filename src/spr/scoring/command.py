@@ -13,6 +13,7 @@ from ..data.images import ImageProblem
 from ..data.jsonl import JsonlWriter, iter_records, read_records
 from ..data.records import Candidate, Region
 from ..errors import UserError
+from ..options import resolve_device
 from .combine import REFINED_SUFFIX, RegionScorer, ScoreConfig
 from .semantic import make_semantic_scorer
 
@@ -104,14 +105,16 @@ def run(config: ScoreConfig) -> int:
     def make_region_scorer() -> RegionScorer:
         scorer = make_semantic_scorer(
             name, clip_model=config.clip_model, label_model=config.label_model, label_mode=config.label_mode,
-            device=config.device,
+            device=resolve_device(config.device),
         )  # fmt: skip
         detector = None
         if config.detector:
             from .detector import DetectorConfig, OpenVocabDetector
 
             detector = OpenVocabDetector(
-                DetectorConfig(config.detector, config.detector_threshold, device=config.device)
+                DetectorConfig(
+                    config.detector, config.detector_threshold, device=resolve_device(config.device)
+                )
             )
         return RegionScorer(scorer, config, detector)
 

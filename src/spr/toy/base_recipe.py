@@ -40,7 +40,7 @@ from ..data.records import Region
 from ..regions import grow
 from .descriptions import grounded_description
 from .expressions import expressions_for_scene
-from .world import WorldConfig, make_scene
+from .world import WorldConfig, WorldPreset, make_scene
 
 
 @dataclass
@@ -497,11 +497,10 @@ R = BaseRecipeConfig
 
 
 @dataclass
-class TrainBaseConfig:
+class TrainBaseConfig(WorldPreset):
     """`spr toy train-base`: the recipe's main settings (the rest are BaseRecipeConfig's defaults)."""
 
     out: str = opt(required, "model directory to write")
-    preset: str = opt("default", "world preset (easy, default, hard)")
     seed: int = opt(R.seed, "seed of the training scenes and weights")
     steps: int = opt(R.steps, "joint-phase optimizer steps (language loss + dense image-token loss)")
     vision_steps: int = opt(R.vision_steps, "vision-only steps first")
@@ -527,11 +526,8 @@ Config = TrainBaseConfig
 
 
 def run(args: TrainBaseConfig) -> int:
-    from ..errors import UserError
     from .world import PRESETS
 
-    if args.preset not in PRESETS:
-        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     kinds = tuple(k.strip() for item in args.expression_kinds for k in item.split(",") if k.strip())
     config = BaseRecipeConfig(
         seed=args.seed,

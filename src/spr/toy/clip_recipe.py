@@ -33,8 +33,9 @@ import numpy as np
 from ..config import opt, required
 from ..errors import UserError
 from ..models.tiny_clip import TinyClipConfig
+from ..options import Progress
 from . import descriptions as D
-from .world import WorldConfig, make_scene
+from .world import WorldConfig, WorldPreset, make_scene
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +319,11 @@ R = ClipRecipeConfig
 
 
 @dataclass
-class TrainClipConfig:
+class TrainClipConfig(WorldPreset, Progress):
     """`spr toy train-clip`: the recipe's main settings (the rest are ClipRecipeConfig's defaults)."""
 
     out: str = opt(required, "model directory to write (an existing finished one is reused)")
     world: str | None = opt(None, "a world directory (spr toy world): train on its settings and seed")
-    preset: str = opt("default", "world preset when --world is not given")
     world_seed: int = opt(0, "world seed when --world is not given")
     scenes: int = opt(R.scenes, "training scenes")
     steps: int = opt(R.steps, "optimizer steps")
@@ -332,7 +332,6 @@ class TrainClipConfig:
     eval_scenes: int = opt(R.eval_scenes, "validation scenes for the zero-shot accuracy")
     seed: int = opt(R.seed, "training seed")
     threads: int = opt(R.threads, "torch CPU threads (0: torch's default)")
-    quiet: bool = opt(False, "no progress bar")
 
 
 Config = TrainClipConfig
@@ -349,8 +348,6 @@ def run(args: TrainClipConfig) -> int:
         manifest = json.loads(manifest_path.read_text())
         world, world_seed = WorldConfig.from_dict(manifest["world"]), int(manifest["seed"])
     else:
-        if args.preset not in PRESETS:
-            raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
         world, world_seed = PRESETS[args.preset], args.world_seed
     config = ClipRecipeConfig(scenes=args.scenes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               eval_scenes=args.eval_scenes, seed=args.seed, threads=args.threads)  # fmt: skip

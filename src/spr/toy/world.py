@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import OptionGroup, opt
 from ..errors import UserError
 
 # Saturated, well separated hues; backgrounds stay light and neutral so that colour names are never in doubt.
@@ -143,6 +145,14 @@ PRESETS: dict[str, WorldConfig] = {
         repeat_label=0.4,
     ),
 }
+
+
+@dataclass
+class WorldPreset(OptionGroup):
+    preset: Literal["easy", "default", "hard"] = opt(
+        "default",
+        "shapes-world difficulty preset (the world options given, or a world directory, override it)",
+    )
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import opt, required
+from ..options import Progress
+from .world import WorldPreset
 
 HELP = (
     "Generate the synthetic shapes world: images, COCO annotations, referring expressions, captions, splits."
@@ -12,7 +14,7 @@ HELP = (
 
 
 @dataclass
-class WorldCommandConfig:
+class WorldCommandConfig(WorldPreset, Progress):
     """`spr toy world`. The difficulty options default to the preset's values."""
 
     out: str = opt(required, "directory to write (re-running with the same settings resumes)")
@@ -20,7 +22,6 @@ class WorldCommandConfig:
     train: int = opt(1000, "training scenes")
     val: int = opt(200, "validation scenes")
     test: int = opt(200, "held-out test scenes")
-    preset: str = opt("default", "difficulty preset (easy, default, hard); the options below override it")
     size: int | None = opt(None, "image side in pixels", default_text="the preset's (112)")
     objects: list[int] | None = opt(
         None, "objects per scene: MIN MAX (at least 5 for SPR regions)", default_text="the preset's"
@@ -53,7 +54,6 @@ class WorldCommandConfig:
         [], "expression kinds written to rec.jsonl (label, shape, colour, size, relation)", default_text="all"
     )
     overwrite: bool = opt(False, "replace a world in --out made with other settings")
-    quiet: bool = opt(False, "no progress bars")
 
     def __post_init__(self):
         for name in ("objects", "object_size"):
@@ -74,11 +74,8 @@ def _listed(values):
 def world_config(c: WorldCommandConfig):
     import dataclasses
 
-    from ..errors import UserError
     from .world import PRESETS, WorldConfig
 
-    if c.preset not in PRESETS:
-        raise UserError(f"unknown preset {c.preset!r}; choose from {', '.join(sorted(PRESETS))}")
     overrides = {
         "image_size": c.size, "objects": c.objects, "object_size": c.object_size, "shapes": _listed(c.shapes),
         "colours": _listed(c.colours), "backgrounds": _listed(c.backgrounds), "max_overlap": c.max_overlap,

@@ -48,7 +48,7 @@ def safe_collator(processor, max_length: int | None, process_once: bool = False)
 
     class SafeVisionPreferenceCollator(DataCollatorForVisionPreference):
         warned = False
-        reference: dict | None = None  # pair id -> the reference's (chosen, rejected) log-probs, once known
+        reference: dict | None = None  # pair id -> the reference's (chosen, rejected) log-probs, those known
 
         def torch_call(self, examples):
             keep = self.max_length
@@ -57,7 +57,8 @@ def safe_collator(processor, max_length: int | None, process_once: bool = False)
                 out = super().torch_call(examples)
             finally:
                 self.max_length = keep
-            if self.reference is not None:
+            out["pair_ids"] = [ex["id"] for ex in examples]
+            if self.reference is not None and all(ex["id"] in self.reference for ex in examples):
                 add_reference(out, [self.reference[ex["id"]] for ex in examples])
             if keep is None:
                 return out

@@ -4,10 +4,10 @@ once, and the one mapping from them to the arguments of TRL's ``DPOConfig`` / ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from ..config import OptionGroup, opt
 from ..models.families import LANGUAGE_TARGETS
+from ..options import Device, Dtype, Progress
 
 
 @dataclass
@@ -24,10 +24,12 @@ class LoraOptions(OptionGroup):
 
 
 @dataclass
-class TrainerOptions(OptionGroup):
-    """A training config with this group also declares ``out``, ``warmup_ratio``, ``num_train_epochs``,
-    ``logging_steps`` and ``seed`` (their help or default differ between DPO and GRPO): :meth:`trl_arguments`
-    reads them too."""
+class TrainerOptions(Device, Dtype, Progress, OptionGroup):
+    """A training config with this group also declares ``out`` and ``seed`` (:meth:`trl_arguments` reads them
+    too), and its own defaults of the options whose default differs between DPO and GRPO (``STAGE_DEFAULTS``,
+    filled in where the user gave none)."""
+
+    STAGE_DEFAULTS = {}
 
     learning_rate: float = opt(1e-5, "peak learning rate", above=0)
     lr_scheduler_type: str = opt("cosine", "learning-rate schedule (transformers' names)")
@@ -35,17 +37,10 @@ class TrainerOptions(OptionGroup):
         -1, "stop after this many optimizer steps (-1: run the epochs)", min=1, special=(-1,)
     )
     gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update", min=1)
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
-        "auto",
-        "weights and mixed precision: auto (bf16 on GPUs that have it, fp32 on CPU), bfloat16 or float32",
-    )
     gradient_checkpointing: bool | None = opt(
         None,
         "recompute activations in the backward pass to save memory",
         default_text="on on GPU, off on CPU",
-    )
-    device: Literal["auto", "cpu", "cuda"] = opt(
-        "auto", "auto (GPU when available), cpu or cuda", output=False
     )
     save_steps: int = opt(200, "checkpoint every N steps", output=False, min=1)
     save_total_limit: int | None = opt(2, "keep at most N checkpoints", output=False, min=1)
@@ -54,9 +49,22 @@ class TrainerOptions(OptionGroup):
     )
     report_to: str = opt("none", "none, tensorboard, wandb ...", output=False)
     overwrite: bool = opt(False, "discard what out holds and train from scratch", output=False)
-    quiet: bool = opt(
-        False, "no progress bar or per-step lines (train_log.jsonl is still written)", output=False
+    num_train_epochs: float = opt(
+        1.0, "epochs over the training data (DPO: the pairs; GRPO: the prompts)", above=0
     )
+    warmup_ratio: float | None = opt(
+        None, "fraction of steps for linear warm-up", min=0, max=1,
+        default_text="train: 0.1 (the SPR authors' DPO scripts); grpo: 0 (TRL's)",
+    )  # fmt: skip
+    logging_steps: int | None = opt(
+        None, "log every N steps", min=1, output=False,
+        default_text="train: 10; grpo: 1 (its steps are slow, and each logged step writes sampled completions)",
+    )  # fmt: skip
+
+    def __post_init__(self):
+        for name, value in self.STAGE_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def trl_arguments(self) -> dict:
         """The arguments of TRL's trainer config that DPO and GRPO take alike, from this config's options."""

@@ -100,7 +100,8 @@ def _prompt_length(answer, seen) -> int:
 
 
 def pack_inputs(kwargs: dict, labels, packing: Packing) -> tuple[dict, object] | None:
-    """The model inputs and labels of the packed rows (None: an input this packing does not know how to pack)."""
+    """The tensor inputs and the labels of the packed rows (None: an input this packing does not know how to
+    pack)."""
     import torch
 
     rows, width = labels.shape
@@ -109,8 +110,8 @@ def pack_inputs(kwargs: dict, labels, packing: Packing) -> tuple[dict, object] |
     out = {}
     for key, value in kwargs.items():
         if not isinstance(value, torch.Tensor):
-            out[key] = value
-        elif key in PER_TOKEN:
+            continue  # the call's own (use_cache, output_router_logits ...): added by the caller
+        if key in PER_TOKEN:
             packed = value[row, col]
             if key != "input_ids":
                 packed = packed.masked_fill(~valid, 0)
@@ -155,10 +156,13 @@ class PromptShared:
         self.shared_batches = 0
 
     def __call__(self, labels=None, fused_lm_head=False, **kwargs):
+        import torch
+
         packed = self._pack(kwargs, labels) if fused_lm_head else None
         if packed is None:
             return self.model(labels=labels, fused_lm_head=fused_lm_head, **kwargs)
-        packing, inputs, packed_labels = packed
+        packing, tensors, packed_labels = packed
+        inputs = {**tensors, **{k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}}
         hook = self.language_model.register_forward_pre_hook(
             lambda module, args, kw: (args, _shared_attention(kw, packing)), with_kwargs=True
         )

@@ -1,23 +1,22 @@
 """Reference log-probs once: the frozen reference's log-probabilities of every pair's chosen and rejected answer,
-computed in one pass before training and stored beside ``dpo.jsonl``, so that the training steps run no
-reference forward at all.
+computed in the step that first trains on the pair (beside the policy's forward, sharing its image features and
+packed prompt) and stored beside ``dpo.jsonl``; later epochs and later runs on the same pairs read them and run
+no reference forward at all.
 
 The file is ``<dpo stem>.ref.<reference fingerprint>.<conditions>.jsonl``: the reference model's
 :func:`~spr.data.guard.fingerprint` and a short hash of what else decides the numbers (weights dtype, mixed
 precision, ``max_length``, pixel budget, family). Its settings header (``.settings.json`` beside it) holds the
 same; a file whose header names another reference or other conditions is refused, never used. One record per
 pair: ``{"id", "digest", "chosen", "rejected"}``, where ``digest`` hashes the pair's stored row (image path,
-crop, prompt and answers), so a pair that ``spr pairs`` rewrote under the same id is computed again. The pass
-is resumable (records are appended as they are computed; a killed pass goes on where it stopped) and shared
-between data-parallel processes (each computes a slice, the main process writes).
+crop, prompt and answers), so a pair that ``spr pairs`` rewrote under the same id is computed again. Records are
+appended as steps compute them (a killed run keeps what its steps computed); under data parallelism every
+process sends what it computed to all, and the main process writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 from pathlib import Path
 
 STAGE = "reference log-probs"
@@ -69,72 +68,54 @@ def _stored(path: Path, digests: dict[str, str]) -> tuple[dict[str, tuple[float,
     return values, others
 
 
-@contextlib.contextmanager
-def _writer(path: Path, settings: dict, keep: dict, digests: dict, rewrite: bool, main: bool):
-    """``write(id, chosen, rejected)`` appending to ``path`` under its lock and settings header (main process);
-    a no-op elsewhere. ``rewrite`` first drops the records that are not in ``keep``."""
-    from ..data.guard import StageOutput
-    from ..data.jsonl import JsonlWriter, write_jsonl
+class ReferenceCache:
+    """The reference's log-probs of the pairs ``rows``, by id: ``values`` holds those known (read from ``path``
+    at the start, then added by :meth:`add` as steps compute them). Opening it checks the file's settings header
+    (another reference or other conditions are refused) and drops records of pairs that changed or left."""
 
-    if not main:
-        yield lambda *_: None
-        return
-    with StageOutput(path, STAGE, settings):
-        if rewrite:
-            write_jsonl(path, [_record(rid, digests[rid], *v) for rid, v in keep.items()])
-        with JsonlWriter(path) as out:
-            yield lambda rid, chosen, rejected: out.write(_record(rid, digests[rid], chosen, rejected))
+    def __init__(self, rows: list[dict], path: Path, settings: dict, accelerator):
+        from ..data.guard import StageOutput
 
+        self.path, self.accelerator = path, accelerator
+        self.digests = {row["id"]: row_digest(row) for row in rows}
+        self.values, others = _stored(path, self.digests)
+        accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
+        if accelerator.is_main_process:
+            with StageOutput(path, STAGE, settings):
+                if others or not _ends_a_line(path):
+                    from ..data.jsonl import write_jsonl
 
-def _record(rid: str, digest: str, chosen: float, rejected: float) -> dict:
-    return {"id": rid, "digest": digest, "chosen": chosen, "rejected": rejected}
+                    write_jsonl(path, [self._record(rid, *v) for rid, v in self.values.items()])
+        accelerator.wait_for_everyone()
 
+    @property
+    def complete(self) -> bool:
+        return len(self.values) == len(self.digests)
 
-def _batches(trainer, indices: list[int], batch_size: int, count: int):
-    """``count`` ``(indices, batch)`` of this process's pairs, loaded as training loads them (the trainer's
-    collator and dataloader workers, so that images are decoded while the model runs); ``([], None)`` once this
-    process has none left, so that every process takes part in every exchange."""
-    from torch.utils.data import DataLoader, Subset
+    def add(self, computed: list[tuple[str, float, float]]) -> None:
+        """The ``(id, chosen, rejected)`` values a step computed; every process calls it in every step until the
+        cache is complete (with none where its batch was known), and all of them learn every process's values."""
+        from accelerate.utils import gather_object
 
-    loader = DataLoader(
-        Subset(trainer.train_dataset, indices),
-        batch_size=batch_size,
-        collate_fn=trainer.data_collator,
-        num_workers=trainer.args.dataloader_num_workers,
-    )
-    batches = iter(loader)
-    for k in range(count):
-        chunk = indices[k * batch_size : (k + 1) * batch_size]
-        yield chunk, next(batches) if chunk else None
+        from ..data.guard import OutputLock, lock_path
 
+        if self.accelerator.num_processes > 1:
+            computed = gather_object(computed)
+        new = [(rid, c, r) for rid, c, r in computed if rid not in self.values]
+        for rid, c, r in new:
+            self.values[rid] = (c, r)
+        if new and self.accelerator.is_main_process:
+            with OutputLock(lock_path(self.path), str(self.path)), self.path.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(self._record(rid, c, r)) + "\n" for rid, c, r in new)
 
-def _batch_logps(trainer, model, rows: list[dict], indices: list[int], batch, shared_vision) -> list[tuple]:
-    """``(id, chosen, rejected)`` of the pairs at ``indices``, from TRL's own reference computation."""
-    with shared_vision():
-        chosen, rejected = trainer.compute_ref_log_probs(model, trainer._prepare_inputs(batch))
-    return [
-        (rows[i]["id"], c, r) for i, c, r in zip(indices, chosen.float().tolist(), rejected.float().tolist())
-    ]
+    def _record(self, rid: str, chosen: float, rejected: float) -> dict:
+        return {"id": rid, "digest": self.digests[rid], "chosen": chosen, "rejected": rejected}
 
 
-def compute_reference(trainer, rows: list[dict], path: Path, settings: dict, batch_size: int, shared_vision):
-    """Every pair's ``(chosen, rejected)`` reference log-probs by id: stored ones read from ``path``, the others
-    computed in batches of ``batch_size`` per process and appended. ``rows`` are the dataset's rows, in order."""
-    from accelerate.utils import gather_object
-
-    acc = trainer.accelerator
-    digests = {row["id"]: row_digest(row) for row in rows}
-    values, others = _stored(path, digests)
-    missing = [i for i, row in enumerate(rows) if row["id"] not in values]
-    acc.wait_for_everyone()  # every process has read the file before the main one writes it
-    model = trainer.ref_model or trainer.model
-    mine = missing[acc.process_index :: acc.num_processes]
-    count = math.ceil(math.ceil(len(missing) / acc.num_processes) / batch_size)  # the same in every process
-    with _writer(path, settings, dict(values), digests, others, acc.is_main_process) as write:
-        for indices, batch in _batches(trainer, mine, batch_size, count):
-            computed = _batch_logps(trainer, model, rows, indices, batch, shared_vision) if indices else []
-            for rid, chosen, rejected in gather_object(computed) if acc.num_processes > 1 else computed:
-                values[rid] = (chosen, rejected)
-                write(rid, chosen, rejected)
-    acc.wait_for_everyone()
-    return values
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty or ends with a newline (a killed append leaves a part of a line)."""
+    if not path.exists() or not path.stat().st_size:
+        return True
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
