@@ -26,8 +26,8 @@ from scoring_fixtures import (
 
 from spr import formats
 from spr.cli import main
-from spr.data.jsonl import iter_jsonl, read_records
-from spr.data.records import Score
+from spr.data.jsonl import iter_jsonl, read_records, write_jsonl
+from spr.data.records import Candidate, Region, Score
 from spr.errors import UserError
 from spr.scoring import (
     SEMANTIC_SCORERS,
@@ -436,6 +436,29 @@ def test_score_stage_writes_records_and_resumes(run_dir, keywords_registered):
     assert (summary["written"], summary["already_there"]) == (1, 9)
 
 
+def test_a_resumed_score_run_counts_what_the_killed_one_scored(run_dir, keywords_registered):
+    run, _ = run_dir
+    (region,) = read_records(run / "regions.jsonl", Region)
+    cands = read_records(run / "candidates.jsonl", Candidate)
+    second = Region(**{**region.to_dict(), "id": "img1/r1"})
+    more = [Candidate(**{**c.to_dict(), "id": "r1-" + c.id, "region_id": second.id}) for c in cands]
+    write_jsonl(run / "regions.jsonl", [region, second])
+    write_jsonl(run / "candidates.jsonl", [*cands, *more])
+    assert score_cli(run) == 0
+    whole = json.loads((run / "scores.summary.json").read_text())["problems"]
+    assert whole["refined: boxes replaced"] > 0
+    # killed after the first region: its records and its counts line stay, the second region's are gone
+    lines = (run / "scores.jsonl").read_text().splitlines()
+    (run / "scores.jsonl").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)["region_id"] == region.id)
+    )
+    counts = run / "scores.counts.jsonl"
+    counts.write_text(counts.read_text().splitlines()[0] + "\n")
+    assert score_cli(run) == 0
+    summary = json.loads((run / "scores.summary.json").read_text())
+    assert summary["written"] == len(lines) // 2 and summary["problems"] == whole
+
+
 def test_score_stage_options_and_bad_records(run_dir, keywords_registered, capsys):
     run, ids = run_dir
     with (run / "candidates.jsonl").open("a") as f:
@@ -451,7 +474,7 @@ def test_score_stage_options_and_bad_records(run_dir, keywords_registered, capsy
     problems = json.loads((run / "scores.summary.json").read_text())["problems"]
     assert problems["malformed candidate record"] == 2 and problems["candidate of unknown region"] == 1
     assert score_cli(run, "--overwrite", "--lambda", "2") == 2
-    assert "lambda must be in [0, 1]" in capsys.readouterr().err
+    assert "lambda: must be at most 1, got 2" in capsys.readouterr().err
     assert main(["score", "--regions", str(run / "nope.jsonl"), "--candidates", "x", "--out", "y"]) == 2
 
 

@@ -109,10 +109,12 @@ def test_train_saves_adapter_with_processor_and_resumes(tiny_model_dir, tmp_path
 
     data = make_dpo_jsonl(tmp_path, n=4)
     out = tmp_path / "out"
+    SFT = dict(loss_type=["sigmoid", "sft"])  # a loss that is not log 2 at every step
     summary = train(
-        _config(tiny_model_dir("qwen2_vl"), data, out, max_steps=2, save_steps=1, learning_rate=1e-3)
+        _config(tiny_model_dir("qwen2_vl"), data, out, max_steps=2, save_steps=1, learning_rate=1e-3, **SFT)
     )
     assert summary["global_step"] == 2
+    uninterrupted = summary
     for name in (
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -136,14 +138,21 @@ def test_train_saves_adapter_with_processor_and_resumes(tiny_model_dir, tmp_path
     shutil.rmtree(out / "checkpoint-2")
     (out / "adapter_model.safetensors").unlink()
     summary = train(
-        _config(tiny_model_dir("qwen2_vl"), data, out, max_steps=2, save_steps=1, learning_rate=1e-3)
+        _config(tiny_model_dir("qwen2_vl"), data, out, max_steps=2, save_steps=1, learning_rate=1e-3, **SFT)
     )
     assert summary["global_step"] == 2 and (out / "adapter_model.safetensors").exists()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    resumed_log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in resumed_log if "loss" in e] == [1, 2]
+    # it describes the whole run, as the uninterrupted one did: the mean loss of both steps, all tokens
+    assert summary["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-6)
+    assert [e.get("num_tokens") for e in resumed_log] == [e.get("num_tokens") for e in log]
     # another budget is another run: refused, not mixed into this one
     with pytest.raises(UserError, match="max_steps: 2 -> 3"):
-        train(_config(tiny_model_dir("qwen2_vl"), data, out, max_steps=3, save_steps=1, learning_rate=1e-3))
+        train(
+            _config(
+                tiny_model_dir("qwen2_vl"), data, out, max_steps=3, save_steps=1, learning_rate=1e-3, **SFT
+            )
+        )
 
 
 @pytest.mark.slow

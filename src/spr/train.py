@@ -168,7 +168,7 @@ def load_for_training(config, precision, device: str | None = None):
 def use_cached_reference(config: TrainConfig, rows: list[dict]) -> bool:
     """Whether the reference's log-probs come from the cache (:mod:`spr.training.reference`): by default yes;
     the reference is frozen in every spr run (LoRA: the adapter off; full: a frozen copy; no sync_ref_model).
-    Not under DeepSpeed / FSDP, where the pass would run on unsharded, unprepared weights."""
+    Not under DeepSpeed / FSDP, where it is not tested (the reference then runs in every step, as TRL runs it)."""
     from .errors import UserError
     from .training.precision import sharded_launch
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import opt, required
+from ..config import check_numbers, opt, required
 from ..data.images import load_image
 from ..data.records import Candidate, Region, Score
 from ..options import Device, ImageLimit, Progress
@@ -75,8 +75,7 @@ class ScoreConfig(ScorerOptions, ImageLimit, Device, Progress):
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
     def __post_init__(self):
-        if not (math.isfinite(self.lam) and 0.0 <= self.lam <= 1.0):
-            raise ValueError(f"lambda must be in [0, 1], got {self.lam}")
+        check_numbers(self)  # lambda in [0, 1], the IoU threshold in (0, 1] ..., also when built in Python
         self.localization_config(), self.refine_config()  # their own checks
 
     def localization_config(self) -> LocalizationConfig:

@@ -121,10 +121,11 @@ def run(config: ScoreConfig) -> int:
     written = already = 0
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])  # n, sums of total, loc., sem.
     guard = StageOutput(
-        config.out, "score", settings(config), config.overwrite, extra=(summary_path(config.out),),
+        config.out, "score", settings(config), config.overwrite,
+        extra=(summary_path(config.out), counts_path(config.out)),
         inputs={"regions": config.regions, "candidates": config.candidates},
     )  # fmt: skip
-    with guard, JsonlWriter(config.out) as out:
+    with guard, JsonlWriter(config.out) as out, JsonlWriter(counts_path(config.out)) as region_counts:
         todo = {}
         for region_id, cand_ids in ids.items():
             wanted = cand_ids + ([i + REFINED_SUFFIX for i in cand_ids] if config.refine else [])
@@ -137,12 +138,16 @@ def run(config: ScoreConfig) -> int:
         for region_id, cands in region_groups(config.candidates, todo) if todo else ():
             bar.update(1)
             region_scorer = region_scorer or make_region_scorer()  # not loaded when nothing is left to score
+            counted = Counter()
             try:
-                scores = region_scorer.score_region(regions[region_id], cands, problems)
+                scores = region_scorer.score_region(regions[region_id], cands, counted)
             except ImageProblem as e:
                 log.warning("skipped region %s: %s", region_id, e)
                 problems[f"region skipped: {e.kind}"] += 1
                 continue
+            # before its records: a region whose records are all written has its counts (a killed region is
+            # scored again, with the same counts, and the first line stays)
+            region_counts.write({"id": region_id, "counts": dict(counted)})
             for s in scores:
                 if out.write(s):
                     written += 1
@@ -157,6 +162,7 @@ def run(config: ScoreConfig) -> int:
                     already += 1
         bar.close()
 
+    problems.update(region_totals(counts_path(config.out)))  # every region's, whichever run scored it
     summary = {
         "semantic": name,
         "lambda": config.lam,
@@ -184,3 +190,20 @@ def run(config: ScoreConfig) -> int:
 
 def summary_path(out) -> Path:
     return Path(out).with_suffix(".summary.json")
+
+
+def counts_path(out) -> Path:
+    """The counters of each scored region (codec problems, refined boxes, unusable references), one line per
+    region, so that the summary of a resumed run counts the regions an earlier invocation scored."""
+    out = Path(out)
+    return out.with_name(out.stem + ".counts.jsonl")
+
+
+def region_totals(path: Path) -> Counter:
+    from ..data.jsonl import iter_jsonl
+
+    totals: Counter = Counter()
+    if path.exists():
+        for rec in iter_jsonl(path, skip_bad=True):
+            totals.update({str(k): int(v) for k, v in (rec.get("counts") or {}).items()})
+    return totals

@@ -100,12 +100,40 @@ def restore_final(trainer, checkpoint: Path, out: Path):
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     if trainer.is_world_process_zero():
         copy_final_weights(checkpoint, out)
-    # the run's mean loss, from the logged means (each covers the steps since the log before it)
-    total, last = 0.0, 0
-    for e in trainer.state.log_history:
-        if isinstance(e.get("loss"), int | float):
-            total, last = total + e["loss"] * (e["step"] - last), e["step"]
+    total, last = logged_loss(trainer.state.log_history)
     return TrainOutput(trainer.state.global_step, total / max(last, 1), {})
+
+
+def logged_loss(log_history: list[dict], upto: int | None = None) -> tuple[float, int]:
+    """The sum of the logged mean losses times the steps each covers (those since the log before it), and the
+    last logged step, over the logs up to step ``upto``."""
+    total, last = 0.0, 0
+    for e in log_history:
+        if isinstance(e.get("loss"), int | float) and (upto is None or e["step"] <= upto):
+            total, last = total + e["loss"] * (e["step"] - last), e["step"]
+    return total, last
+
+
+def whole_run(result, checkpoint: Path | None):
+    """``result`` with the mean loss of every step of the run: after a resume, transformers' ``training_loss``
+    is the mean of the resumed steps only. The steps before the checkpoint come from its logged means (exact when
+    the checkpoint's step was a logging step; otherwise the steps since the last log are taken at its mean)."""
+    start = checkpoint_step(checkpoint)
+    if not start or result.global_step <= start:
+        return result
+    before, last = logged_loss(_state(checkpoint).get("log_history") or [], upto=start)
+    before = before / last * start if last else 0.0
+    mean = (before + result.training_loss * (result.global_step - start)) / result.global_step
+    return result._replace(training_loss=mean)
+
+
+def _continue_counts(trainer, checkpoint: Path | None) -> None:
+    """TRL's DPO token count goes on from the checkpoint's (it is not in the trainer state; GRPO's is)."""
+    if checkpoint is None or not hasattr(trainer, "_total_train_tokens"):
+        return
+    logged = [e["num_tokens"] for e in _state(checkpoint).get("log_history") or [] if "num_tokens" in e]
+    if logged:
+        trainer._total_train_tokens = int(logged[-1])
 
 
 def resumed(trainer, checkpoint: Path | None):
@@ -113,8 +141,11 @@ def resumed(trainer, checkpoint: Path | None):
     that is more than tensors: planted, or from another version) is one line naming the checkpoint."""
     import pickle
 
+    _continue_counts(trainer, checkpoint)
     try:
-        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return whole_run(
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None), checkpoint
+        )
     except RuntimeError as e:  # torch.save on a full disk says "unexpected pos" in its zip writer, not ENOSPC
         if shutil.disk_usage(trainer.args.output_dir).free < DISK_FULL:
             raise OSError(errno.ENOSPC, f"No space left on device ({type(e).__name__} while saving)",

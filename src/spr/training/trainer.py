@@ -8,7 +8,7 @@
 - **vision once per pair** (:mod:`spr.training.vision`): with the vision tower frozen, each step computes every
   pair's image features once for chosen, rejected and the reference forward.
 - **prompt once per pair** (:mod:`spr.training.prefix`): each pair's prompt runs through the language model once
-  for its chosen and rejected answer, in the steps and in the reference pass.
+  for its chosen and rejected answer, for the policy and the reference.
 """
 
 from __future__ import annotations
