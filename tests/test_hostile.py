@@ -276,6 +276,29 @@ def test_a_full_disk_is_one_line_and_the_records_written_stay(coco, tmp_path, mo
     assert main(args) == 0 and len(out.read_text().splitlines()) > 1  # space again: resumed
 
 
+def test_a_full_disk_while_appending_names_the_file(tmp_path, capsys, monkeypatch):
+    import spr.regions
+    from spr.data.jsonl import JsonlWriter
+
+    out = tmp_path / "records.jsonl"
+
+    class FullDisk:  # the writer's file object on a full disk: the error names no file
+        def write(self, text):
+            _disk_full()
+
+        flush = close = write
+
+    writer = JsonlWriter(out)
+    writer._f = FullDisk()
+    with pytest.raises(OSError) as caught:
+        writer.write({"id": "a"})
+    assert caught.value.filename == str(out)
+
+    monkeypatch.setattr(spr.regions, "run", lambda config: writer.write({"id": "c"}))  # a stage, mid-write
+    assert main(["regions", "--annotations", "a.json", "--images", ".", "--out", str(out)]) == 2
+    assert f"No space left on device ({out})" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ model directories
 
 
@@ -402,6 +425,20 @@ def test_a_bad_coco_record_is_skipped_and_named_or_stops_the_stage(coco, tmp_pat
     assert main([*args, "--out", str(tmp_path / "s.jsonl"), "--on-error", "stop"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(annotations) in err and len(err.strip().splitlines()) == 1
+
+
+def test_images_outside_images_are_read_only_when_asked(coco, tmp_path, capsys):
+    annotations, images = coco
+    data = json.loads(annotations.read_text())
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.png").write_bytes((images / "img001.png").read_bytes())
+    data["images"][0]["file_name"] = "../outside/x.png"
+    annotations.write_text(json.dumps(data))
+    args = ["regions", "--annotations", str(annotations), "--images", str(images)]
+    assert main([*args, "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert str(tmp_path / "outside" / "x.png") not in (tmp_path / "r.jsonl").read_text()
+    assert main([*args, "--out", str(tmp_path / "s.jsonl"), "--images-anywhere"]) == 0
+    assert str(tmp_path / "outside" / "x.png") in (tmp_path / "s.jsonl").read_text()
 
 
 @pytest.mark.parametrize("reader", ["coco", "jsonl", "metrics"])

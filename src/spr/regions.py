@@ -48,6 +48,10 @@ class RegionConfig(ImageLimit):
     skip_crowd: bool = opt(True, "ignore crowd annotations (iscrowd=1), whose boxes cover groups of objects")
     limit: int | None = opt(None, "stop after this many regions in all", output=False, min=1)
     on_error: Literal["skip", "stop"] = opt("skip", "bad annotation records: skip and count them, or stop")
+    images_anywhere: bool = opt(
+        False, "also read images whose file_name is absolute or leads out of --images (a file you made; "
+        "otherwise they are skipped and counted, so that a data file cannot make spr read elsewhere)",
+    )  # fmt: skip
     overwrite: bool = opt(False, "discard an existing output instead of resuming it", output=False)
 
     def __post_init__(self):
@@ -149,7 +153,7 @@ def run(config: RegionConfig) -> int:
     problems = Problems()
     images = load_coco(
         config.annotations, config.images, on_error=config.on_error, problems=problems,
-        max_pixels=config.max_image_pixels,
+        max_pixels=config.max_image_pixels, anywhere=config.images_anywhere,
     )  # fmt: skip
     skipped = Problems()
     total = 0

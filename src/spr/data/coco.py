@@ -75,12 +75,14 @@ def load_coco(
     check_images: bool = True,
     problems: Problems | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    anywhere: bool = False,
 ) -> list[AnnotatedImage]:
     """Read a COCO-style file; returns the images with their valid objects, in file order.
 
     Checked: unreadable JSON, missing or unreadable image files, image sizes, boxes outside the image (clipped
     when partly outside, skipped when nothing is left), zero-area boxes, unknown category ids, duplicate image or
-    annotation ids, records missing fields.
+    annotation ids, records missing fields. A ``file_name`` that is absolute or leads out of ``images_dir`` is
+    skipped and counted unless ``anywhere``.
     """
     if on_error not in ("skip", "stop"):
         raise ValueError("on_error must be 'skip' or 'stop'")
@@ -119,6 +121,8 @@ def load_coco(
             report("duplicate image id", f"images[{i}]: duplicate image id {rec['id']!r}")
             continue
         path = inside(images_dir, rec["file_name"])
+        if path is None and anywhere and isinstance(rec["file_name"], str) and "\0" not in rec["file_name"]:
+            path = (images_dir / rec["file_name"]).resolve()
         if path is None:
             report("image outside --images", f"images[{i}]: file_name {_short(rec['file_name'])} is not a "
                    f"relative path inside {images_dir}")  # fmt: skip

@@ -166,10 +166,15 @@ class JsonlWriter:
         rid = str(data["id"])
         if rid in self.ids:
             return False
-        self._f.write(_dumps(data) + "\n")  # one write call per full line
-        self._f.flush()
-        if self._fsync:
-            os.fsync(self._f.fileno())
+        try:
+            self._f.write(_dumps(data) + "\n")  # one write call per full line
+            self._f.flush()
+            if self._fsync:
+                os.fsync(self._f.fileno())
+        except OSError as e:  # a full disk says which file (a buffered write's error names none)
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self.ids.add(rid)
         self.written += 1
         return True
