@@ -604,3 +604,33 @@ def test_a_torn_line_in_the_middle_is_written_again_in_its_place(tiny_model_dir,
     out.write_bytes(b"\n".join([lines[0], lines[1][: len(lines[1]) // 2], *lines[2:]]) + b"\n")
     assert main(args) == 0
     assert out.read_bytes() == whole  # the file of an uninterrupted run, byte for byte
+
+
+def _tear_the_second_line(path: Path) -> bytes:
+    whole = path.read_bytes()
+    lines = whole.splitlines()
+    assert len(lines) >= 3
+    path.write_bytes(b"\n".join([lines[0], lines[1][: len(lines[1]) // 2], *lines[2:]]) + b"\n")
+    return whole
+
+
+def test_score_and_regions_write_a_torn_line_again_in_its_place(scored_run, coco, tmp_path):
+    scores = scored_run / "scores.jsonl"
+    files = [
+        "--regions",
+        str(scored_run / "regions.jsonl"),
+        "--candidates",
+        str(scored_run / "candidates.jsonl"),
+    ]
+    whole = _tear_the_second_line(scores)
+    assert main(["score", *files, "--out", str(scores), "--semantic", "keywords"]) == 0
+    assert scores.read_bytes() == whole  # the file of an uninterrupted run, byte for byte
+
+    annotations, images = coco
+    regions = tmp_path / "r.jsonl"
+    args = ["regions", "--annotations", str(annotations), "--images", str(images), "--out", str(regions),
+            "--per-image", "3"]  # fmt: skip
+    assert main(args) == 0
+    whole = _tear_the_second_line(regions)
+    assert main(args) == 0
+    assert regions.read_bytes() == whole

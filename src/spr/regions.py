@@ -146,7 +146,7 @@ def run(config: RegionConfig) -> int:
 
     from .data.coco import Problems, load_coco
     from .data.guard import StageOutput
-    from .data.jsonl import JsonlWriter
+    from .data.jsonl import JsonlWriter, reorder
     from .errors import UserError
     from .table import markdown_table
 
@@ -164,6 +164,7 @@ def run(config: RegionConfig) -> int:
         config.overwrite,
         inputs={"annotations": config.annotations},
     )
+    order: list[str] = []  # every region's id, in the order one uninterrupted run writes them
     with guard, JsonlWriter(config.out) as writer:
         for image in tqdm(images, desc="regions", unit="img", disable=None):
             if config.limit is not None and total >= config.limit:
@@ -175,8 +176,13 @@ def run(config: RegionConfig) -> int:
                 if config.limit is not None and total >= config.limit:
                     break
                 writer.write(region)
+                order.append(region.id)
                 total += 1
         written, existing = writer.written, len(writer.ids) - writer.written
+    if (
+        writer.repaired
+    ):  # records of torn lines in the middle were written again at the end: back to their places
+        reorder(config.out, order)
     rows = [["images read", len(images)], ["regions written", written], ["regions already present", existing]]
     rows += [[f"images skipped: {k}", v] for k, v in sorted(skipped.counts.items())]
     rows += [[f"records skipped: {k}", v] for k, v in sorted(problems.counts.items())]

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import output_settings
 from ..data.guard import StageOutput, fingerprint
 from ..data.images import ImageProblem
-from ..data.jsonl import JsonlWriter, iter_records, read_records
+from ..data.jsonl import JsonlWriter, iter_records, read_records, reorder
 from ..data.records import Candidate, Region
 from ..errors import UserError
 from ..options import resolve_device
@@ -161,6 +161,9 @@ def run(config: ScoreConfig) -> int:
                 else:
                     already += 1
         bar.close()
+        repaired = out.repaired
+    if repaired:  # records of torn lines in the middle were written again at the end: back to their places
+        reorder(config.out, written_order(config.candidates, ids, config.refine))
 
     problems.update(region_totals(counts_path(config.out)))  # every region's, whichever run scored it
     summary = {
@@ -186,6 +189,20 @@ def run(config: ScoreConfig) -> int:
             f"no candidate could be scored (see the problems above); {config.out} holds no scores"
         )
     return 0
+
+
+def written_order(candidates_path, ids: dict[str, list[str]], refine: bool) -> list[str]:
+    """The score ids in the order one uninterrupted run writes them: region by region as each region's last
+    candidate is read, each candidate's score and then its refined one."""
+    seen: Counter = Counter()
+    order: list[str] = []
+    for c in candidates_of(candidates_path):
+        if c.region_id in ids:
+            seen[c.region_id] += 1
+            if seen[c.region_id] == len(ids[c.region_id]):
+                for cid in ids[c.region_id]:
+                    order += [cid, cid + REFINED_SUFFIX] if refine else [cid]
+    return order
 
 
 def summary_path(out) -> Path:
