@@ -117,6 +117,22 @@ def test_resume_after_an_interrupted_run_gives_one_record_per_id(tiny_model_dir,
     assert ids_of(out) == ids
 
 
+def test_a_resumed_run_summarises_the_whole_output(tiny_model_dir, regions, tmp_path):
+    model = tiny_model_dir("qwen2_vl")
+    whole = tmp_path / "whole.jsonl"
+    assert generate(model, regions, whole) == 0
+    expected = json.loads(whole.with_suffix(".summary.json").read_text())
+    assert expected["new_tokens"] == sum(c.new_tokens for c in read_records(whole, Candidate)) > 0
+    out = tmp_path / "c.jsonl"
+    assert generate(model, regions, out, "--limit", "1") == 0  # stopped early, then resumed
+    assert generate(model, regions, out) == 0
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    for key in ("candidates", "with_problems", "without_boxes", "new_tokens"):
+        assert summary[key] == expected[key], key
+    assert generate(model, regions, out) == 0  # nothing left to do: the summary stays the output's
+    assert json.loads(out.with_suffix(".summary.json").read_text()) == summary
+
+
 def test_a_finished_run_is_a_no_op_that_loads_no_model(
     tiny_model_dir, regions, tmp_path, monkeypatch, capsys
 ):

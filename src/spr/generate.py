@@ -220,6 +220,20 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
         distributed.teardown()
 
 
+def output_counts(out: Path) -> dict:
+    """What the output holds, read one record at a time: a resumed run's summary counts the candidates and
+    tokens of the runs before it too (``written``, ``already_present`` and ``seconds`` are this run's)."""
+    from .data.jsonl import iter_jsonl
+
+    counts = dict(candidates=0, with_problems=0, without_boxes=0, new_tokens=0)
+    for rec in iter_jsonl(out, skip_bad=True) if out.exists() else ():
+        counts["candidates"] += 1
+        counts["with_problems"] += bool(rec.get("problems"))
+        counts["without_boxes"] += not rec.get("groundings")
+        counts["new_tokens"] += int(rec.get("new_tokens") or 0)
+    return counts
+
+
 def summary_table(stats: GenerateStats, out: Path) -> str:
     from .table import markdown_table
 
@@ -231,7 +245,7 @@ def summary_table(stats: GenerateStats, out: Path) -> str:
         ["candidates with parse problems (>= 1 piece of text the codec could not read)",
          f"{stats.with_problems} ({stats.with_problems / n:.1%})"],
         ["candidates without any box", f"{stats.without_boxes} ({stats.without_boxes / n:.1%})"],
-        ["generated tokens", stats.new_tokens],
+        ["generated tokens (this run)", stats.new_tokens],
         ["tokens/s", round(stats.new_tokens / max(stats.seconds, 1e-9), 1)],
         ["seconds", round(stats.seconds, 1)],
     ]  # fmt: skip
@@ -255,8 +269,11 @@ def run(config: GenerateConfig) -> int:
     stats = run_generate(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary_table(stats, Path(config.out)))
-        summary = {k: v for k, v in stats.__dict__.items() if isinstance(v, int | float)}
-        Path(config.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=1))
+        path = Path(config.out).with_suffix(".summary.json")
+        if stats.written or not path.exists():  # a run that wrote nothing keeps the summary of its output
+            summary = {k: v for k, v in stats.__dict__.items() if isinstance(v, int | float)}
+            summary.update(output_counts(Path(config.out)))  # the whole output's, whichever run wrote it
+            path.write_text(json.dumps(summary, indent=1))
         if stats.regions and not stats.written and not stats.already_present:
             raise UserError(
                 f"no candidate could be made from {config.regions}: every region was skipped (see above)"

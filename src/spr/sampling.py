@@ -185,7 +185,13 @@ def _true_at(mask):
 
 
 def make_candidate(
-    region: Region, prompt: RenderedPrompt, sample: int, text: str, fmt: str, pixel_budget: dict | None = None
+    region: Region,
+    prompt: RenderedPrompt,
+    sample: int,
+    text: str,
+    fmt: str,
+    pixel_budget: dict | None = None,
+    new_tokens: int = 0,
 ) -> Candidate:
     parsed = formats.parse(text, fmt, image_size=prompt.view_size, **prompt.geometry)
     return Candidate(
@@ -202,6 +208,7 @@ def make_candidate(
         pixel_budget=dict(pixel_budget or {}),
         image=region.image,
         crop_box=list(prompt.crop_box) if prompt.crop_box else None,
+        new_tokens=new_tokens,
     )
 
 
@@ -299,9 +306,16 @@ def generate_into(
         new = adapter.generate(inputs, **kwargs)
         for row, tokens in enumerate(new):
             item, sample = items[row // len(samples)], samples[row % len(samples)]
-            stats.new_tokens += adapter.count_new_tokens(tokens)
+            n = adapter.count_new_tokens(tokens)
+            stats.new_tokens += n
             cand = make_candidate(
-                item.region, item.prompt, sample, adapter.decode(tokens), adapter.fmt, adapter.pixel_budget()
+                item.region,
+                item.prompt,
+                sample,
+                adapter.decode(tokens),
+                adapter.fmt,
+                adapter.pixel_budget(),
+                n,
             )
             if writer.write(cand):
                 stats.written += 1

@@ -116,6 +116,7 @@ class Candidate(Record):
     pixel_budget: dict = field(default_factory=dict)
     image: str = ""  # the image the prompt showed (the crop path is not stored: crops are recomputed)
     crop_box: Box | None = None  # set when the prompt showed only this part of the image
+    new_tokens: int = 0  # tokens the model generated for it (its end-of-sequence token included)
 
 
 @dataclass
