@@ -227,6 +227,8 @@ SAME_NAME_OTHER_OPTION = {
     "loss_type": "DPO losses (train) vs GRPO losses (grpo)",
     "per_device_train_batch_size": "pairs (train) vs completions (grpo)",
     "lr": "each toy recipe's own learning rate (base model, CLIP)",
+    "warmup": "each toy recipe's own warm-up steps (base model, CLIP)",
+    "box_jitter": "the annotator's noise on the base's training boxes vs the CLIP's crop jitter",
     "semantic": "the scorer to use (score, grpo) vs an optional extra score of the descriptions (eval description)",
     "temperature": "0 decodes greedily (generate) vs rollouts that must sample (grpo)",
     "top_p": "the paper's nucleus (generate) vs the policy's own distribution, which GRPO's ratio assumes (grpo)",

@@ -70,6 +70,25 @@ def test_recipe_saves_a_stock_model_directory_with_its_curve(tmp_path):
     assert json.loads((out / "recipe.json").read_text())["world"]["objects"] == [5, 5]
 
 
+def test_train_base_command_takes_the_recipe_and_guards_its_output(tmp_path, capsys):
+    from spr.cli import main
+
+    out = tmp_path / "base"
+    args = ["toy", "train-base", "--out", str(out), "--preset", "easy", "--steps", "1", "--vision-steps", "0",
+            "--batch-size", "2", "--eval-every", "1", "--eval-scenes", "1", "--scene-pool", "2",
+            "--expression-kinds", "label,shape", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["expression_kinds"] == ["label", "shape"] and recipe["world"]["objects"] == [5, 5]
+    assert set(recipe) == {f for f in BaseRecipeConfig.__dataclass_fields__}  # the recipe, not the command
+    before = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 0 and "nothing to do" in capsys.readouterr().out  # the same command: not again
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main([*args[:-2], "--threads", "2", "--steps", "2"]) == 2  # another recipe into it: refused
+    assert "steps" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_shipped_base_grounds_on_held_out_test_scenes():
     """The committed base is where the demo and the README's numbers start: it must find the referred object

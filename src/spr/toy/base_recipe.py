@@ -27,7 +27,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,56 +45,73 @@ from .world import WorldConfig, WorldPreset, make_scene
 
 @dataclass
 class BaseRecipeConfig:
-    """Everything that decides the trained base; saved beside the weights as recipe.json."""
+    """Everything that decides the trained base; saved beside the weights as recipe.json. `spr toy train-base`
+    takes these options (the model's size and the world from Python or a preset)."""
 
-    seed: int = 0
-    steps: int = 6000
-    """Optimizer steps of the joint phase (language loss + dense image-token loss)."""
-    vision_steps: int = 400
-    """Steps of the vision-only phase that trains the image tokens on the dense targets first."""
-    batch_size: int = 32
-    lr: float = 1e-3
-    vision_lr: float = 2e-3
-    warmup: int = 100
-    min_lr_fraction: float = 0.1
-    aux_weight: float = 1.0
-    """Weight of the dense image-token loss in the joint phase."""
-    expression_kinds: tuple[str, ...] = ()
-    """Referring-expression kinds to train on (label, shape, colour, size, relation); empty for all."""
-    rec_fraction: float = 0.6
-    """Share of referring-expression examples; the rest are grounded region descriptions."""
-    scene_pool: int = 3000
-    """Training scenes drawn once and reused (every pass draws new expressions, regions and prompts from them);
-    0 draws fresh scenes for every batch, so that the model cannot memorise a pool."""
-    box_grow: float = 0.0
-    """The annotator's systematic error: each edge of a training box moves outward by this fraction of the box's
-    side (negative: inward). 0 for exact boxes."""
-    box_jitter: float = 0.0
-    """The annotator's random error: Gaussian noise on each edge, standard deviation this fraction of the side."""
-    init: str = ""
-    """Model directory to continue training from (its weights; the recipe's size settings are then unused);
-    empty to train from scratch."""
-    freeze_vision: bool = False
-    """Train the language model only (the vision tower keeps its weights; no vision phase, no dense loss)."""
-    eval_every: int = 1000
-    eval_scenes: int = 100
-    """Validation scenes (the world's val split, never test) for the curve recorded during training."""
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    layers: int = 3
-    heads: int = 4
-    vision_dim: int = 96
-    vision_depth: int = 2
-    threads: int | None = None
+    seed: int = opt(0, "seed of the training scenes and weights")
+    steps: int = opt(6000, "joint-phase optimizer steps (language loss + dense image-token loss)", min=0)
+    vision_steps: int = opt(400, "vision-only steps first (the image tokens learn the dense targets)", min=0)
+    batch_size: int = opt(32, "examples per step", min=1)
+    lr: float = opt(1e-3, "peak learning rate of the joint phase", above=0)
+    vision_lr: float = opt(2e-3, "learning rate of the vision-only phase", above=0)
+    warmup: int = opt(100, "learning-rate warm-up steps", min=0)
+    min_lr_fraction: float = opt(0.1, "the cosine decay ends at this fraction of the rate", min=0, max=1)
+    aux_weight: float = opt(1.0, "weight of the dense image-token loss in the joint phase", min=0)
+    expression_kinds: tuple[str, ...] = opt(
+        (),
+        "referring-expression kinds to train on (label, shape, colour, size, relation)",
+        default_text="all",
+    )
+    rec_fraction: float = opt(
+        0.6,
+        "share of referring-expression examples (the rest are grounded region descriptions)",
+        min=0,
+        max=1,
+    )
+    scene_pool: int = opt(
+        3000, "training scenes drawn once and reused (each pass draws new expressions, regions and prompts from "
+        "them); 0: fresh scenes every batch", min=0,
+    )  # fmt: skip
+    box_grow: float = opt(
+        0.0, "annotator noise, systematic: each training box edge moves outward by this fraction of the box's "
+        "side (negative: inward; 0: exact boxes)",
+    )  # fmt: skip
+    box_jitter: float = opt(
+        0.0, "annotator noise, random: Gaussian edge jitter, sd as a fraction of the side"
+    )
+    init: str = opt("", "model directory to continue training from (empty: from scratch)")
+    freeze_vision: bool = opt(
+        False, "train the language model only (no vision phase, no dense loss: needs --vision-steps 0 "
+        "--aux-weight 0)",
+    )  # fmt: skip
+    eval_every: int = opt(1000, "validation REC accuracy every N steps", min=1)
+    eval_scenes: int = opt(100, "validation scenes (the world's val split, never test) for the curve", min=1)
+    hidden_size: int = opt(128, "language model width", min=1, cli=False)
+    intermediate_size: int = opt(384, "language model MLP width", min=1, cli=False)
+    layers: int = opt(3, "language model layers", min=1, cli=False)
+    heads: int = opt(4, "attention heads", min=1, cli=False)
+    vision_dim: int = opt(96, "vision tower width", min=1, cli=False)
+    vision_depth: int = opt(2, "vision tower layers", min=1, cli=False)
+    threads: int = opt(0, "torch CPU threads (0: torch's default)", min=0)
     world: WorldConfig = field(default_factory=WorldConfig)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """The recipe (what recipe.json holds): this class's fields, whatever config adds more."""
+        d = {f.name: getattr(self, f.name) for f in fields(BaseRecipeConfig)}
+        d["expression_kinds"] = list(d["expression_kinds"])
         d["world"] = self.world.to_dict()
         return d
 
+    def recipe(self) -> BaseRecipeConfig:
+        return BaseRecipeConfig(**{f.name: getattr(self, f.name) for f in fields(BaseRecipeConfig)})
+
     def __post_init__(self) -> None:
         from ..errors import UserError
+
+        # "label,shape" given as one value or several
+        self.expression_kinds = tuple(
+            k.strip() for v in self.expression_kinds for k in str(v).split(",") if k.strip()
+        )
 
         if self.scene_pool < 0:
             raise UserError(f"scene_pool must be 0 (fresh scenes) or more, got {self.scene_pool}")
@@ -493,62 +510,30 @@ def train_base(config: BaseRecipeConfig, out_dir: str | Path, log=print) -> Path
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "Train the shapes world's base model (a tiny Qwen2-VL that grounds) with the dense-supervision recipe."
-R = BaseRecipeConfig
 
 
 @dataclass
-class TrainBaseConfig(WorldPreset):
-    """`spr toy train-base`: the recipe's main settings (the rest are BaseRecipeConfig's defaults)."""
+class TrainBaseConfig(BaseRecipeConfig, WorldPreset):
+    """`spr toy train-base`: the recipe (BaseRecipeConfig) on a world preset, into ``out``."""
 
-    out: str = opt(required, "model directory to write")
-    seed: int = opt(R.seed, "seed of the training scenes and weights")
-    steps: int = opt(R.steps, "joint-phase optimizer steps (language loss + dense image-token loss)")
-    vision_steps: int = opt(R.vision_steps, "vision-only steps first")
-    batch_size: int = opt(R.batch_size, "examples per step")
-    lr: float = opt(R.lr, "peak learning rate of the joint phase")
-    rec_fraction: float = opt(R.rec_fraction, "share of referring-expression examples")
-    expression_kinds: list[str] = opt([], "referring-expression kinds to train on (label, shape, colour, size, relation)", default_text="all")  # fmt: skip
-    eval_every: int = opt(R.eval_every, "validation REC accuracy every N steps")
-    eval_scenes: int = opt(R.eval_scenes, "validation scenes for the curve")
-    threads: int = opt(0, "torch CPU threads (0: torch's default)")
-    scene_pool: int = opt(R.scene_pool, "training scenes drawn once and reused; 0: fresh scenes every batch")
-    box_grow: float = opt(R.box_grow, "annotator noise: each training box edge moves outward by this fraction of the side")  # fmt: skip
-    box_jitter: float = opt(
-        R.box_jitter, "annotator noise: Gaussian edge jitter, sd as a fraction of the side"
-    )
-    init: str = opt("", "model directory to continue from (empty: from scratch)")
-    freeze_vision: bool = opt(False, "train the language model only (needs --vision-steps 0 --aux-weight 0)")
-    aux_weight: float = opt(R.aux_weight, "weight of the dense image-token loss")
-    warmup: int = opt(R.warmup, "learning-rate warm-up steps")
+    out: str = opt(required, "model directory to write (the same command again: nothing to do)")
+    overwrite: bool = opt(False, "replace what --out holds", output=False)
 
 
 Config = TrainBaseConfig
 
 
 def run(args: TrainBaseConfig) -> int:
+    from ..data.guard import StageOutput
     from .world import PRESETS
 
-    kinds = tuple(k.strip() for item in args.expression_kinds for k in item.split(",") if k.strip())
-    config = BaseRecipeConfig(
-        seed=args.seed,
-        steps=args.steps,
-        vision_steps=args.vision_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        rec_fraction=args.rec_fraction,
-        expression_kinds=kinds,
-        eval_every=args.eval_every,
-        eval_scenes=args.eval_scenes,
-        threads=args.threads or None,
-        scene_pool=args.scene_pool,
-        box_grow=args.box_grow,
-        box_jitter=args.box_jitter,
-        init=args.init,
-        freeze_vision=args.freeze_vision,
-        aux_weight=args.aux_weight,
-        warmup=args.warmup,
-        world=PRESETS[args.preset],
-    )
-    out = train_base(config, args.out)
+    config = args.recipe()
+    config.world = PRESETS[args.preset]
+    out = Path(args.out)
+    with StageOutput(out, "toy train-base", {"recipe": config.to_dict()}, args.overwrite, directory=True):
+        if (out / "curve.json").exists():  # written last: a finished base of this recipe
+            print(f"{out} holds a base trained with this recipe: nothing to do (--overwrite trains it again)")
+            return 0
+        train_base(config, out)
     print(f"base model written to {out} (recipe.json and curve.json beside the weights)")
     return 0

@@ -25,7 +25,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,25 +57,31 @@ class TinyClipShape(TinyClipConfig):
 
 @dataclass
 class ClipRecipeConfig:
-    scenes: int = 400
-    """Training scenes (each gives all its objects, a small group and an SPR region)."""
-    steps: int = 800
-    """Optimizer steps."""
-    batch_size: int = 64
-    context_fraction: float = 0.25
-    """Share of each batch that is region-in-context views (the rest are crops)."""
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup: int = 20
-    """Linear warm-up steps, then cosine decay to 10% of ``lr``."""
-    box_jitter: float = 0.1
-    """Crops move each box edge by up to this fraction of the box side (the scorer sees imprecise boxes)."""
-    eval_scenes: int = 100
-    """Validation scenes for the zero-shot accuracy."""
-    seed: int = 0
-    threads: int = 0
-    """torch CPU threads (0: torch's default). One thread is faster when other processes share the cores."""
+    """Everything that decides the trained CLIP (training.json records it); `spr toy train-clip` takes these
+    options (the model's shape from Python)."""
+
+    scenes: int = opt(
+        400, "training scenes (each gives all its objects, a small group and an SPR region)", min=1
+    )
+    steps: int = opt(800, "optimizer steps", min=1)
+    batch_size: int = opt(64, "views per batch", min=2)
+    context_fraction: float = opt(
+        0.25, "share of each batch that is region-in-context views (the rest are crops)", min=0, max=1
+    )
+    lr: float = opt(2e-3, "peak learning rate", above=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay", min=0)
+    warmup: int = opt(20, "linear warm-up steps, then cosine decay to 10% of the rate", min=0)
+    box_jitter: float = opt(
+        0.1, "crops move each box edge by up to this fraction of the box side (the scorer sees imprecise boxes)",
+        min=0, max=0.5,
+    )  # fmt: skip
+    eval_scenes: int = opt(100, "validation scenes for the zero-shot accuracy", min=1)
+    seed: int = opt(0, "training seed")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)", min=0)
     model: TinyClipShape = field(default_factory=TinyClipShape)
+
+    def recipe(self) -> ClipRecipeConfig:
+        return ClipRecipeConfig(**{f.name: getattr(self, f.name) for f in fields(ClipRecipeConfig)})
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -315,23 +321,15 @@ def train_clip(
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "Train the tiny CLIP of the shapes world (for the CLIP semantic scorer) and report its zero-shot accuracy."
-R = ClipRecipeConfig
 
 
 @dataclass
-class TrainClipConfig(WorldPreset, Progress):
-    """`spr toy train-clip`: the recipe's main settings (the rest are ClipRecipeConfig's defaults)."""
+class TrainClipConfig(ClipRecipeConfig, WorldPreset, Progress):
+    """`spr toy train-clip`: the recipe (ClipRecipeConfig) on a world, into ``out``."""
 
     out: str = opt(required, "model directory to write (an existing finished one is reused)")
     world: str | None = opt(None, "a world directory (spr toy world): train on its settings and seed")
     world_seed: int = opt(0, "world seed when --world is not given")
-    scenes: int = opt(R.scenes, "training scenes")
-    steps: int = opt(R.steps, "optimizer steps")
-    batch_size: int = opt(R.batch_size, "views per batch")
-    lr: float = opt(R.lr, "peak learning rate")
-    eval_scenes: int = opt(R.eval_scenes, "validation scenes for the zero-shot accuracy")
-    seed: int = opt(R.seed, "training seed")
-    threads: int = opt(R.threads, "torch CPU threads (0: torch's default)")
 
 
 Config = TrainClipConfig
@@ -349,9 +347,7 @@ def run(args: TrainClipConfig) -> int:
         world, world_seed = WorldConfig.from_dict(manifest["world"]), int(manifest["seed"])
     else:
         world, world_seed = PRESETS[args.preset], args.world_seed
-    config = ClipRecipeConfig(scenes=args.scenes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              eval_scenes=args.eval_scenes, seed=args.seed, threads=args.threads)  # fmt: skip
-    record = train_clip(args.out, world, world_seed, config, progress=not args.quiet)
+    record = train_clip(args.out, world, world_seed, args.recipe(), progress=not args.quiet)
     before, after = record["accuracy_before"], record["accuracy_after"]
     keys = ["crop", "context", "crop colour", "crop shape"]
     print(markdown_table(["zero-shot accuracy", "before", "after"], [[k, before[k], after[k]] for k in keys]))
