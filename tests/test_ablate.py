@@ -48,9 +48,18 @@ def test_choosing_on_validation_never_draws_a_test_scene_and_arms_share_what_the
         assert "/val/" in rec["data"]
         train = json.loads((run / "round-1" / "adapter" / "spr_train.json").read_text())
         assert train["global_step"] == 2  # the same budget
-    # the second arm reused the first's candidates (copied, then nothing left to generate)
-    shared = json.loads((out / "sft_chosen-seed0" / "round-1" / "candidates.summary.json").read_text())
-    assert shared["written"] == 0 and shared["already_present"] > 0
+    # the second arm reused the first's candidates (copied, then nothing left to generate: no model loaded, and
+    # the summary stays the one of the output)
+    donor, shared = out / "spr-seed0", out / "sft_chosen-seed0"
+    candidates = "round-1/candidates.jsonl"
+    assert (shared / candidates).read_bytes() == (donor / candidates).read_bytes()
+    summary = "round-1/candidates.summary.json"
+    assert json.loads((shared / summary).read_text()) == json.loads((donor / summary).read_text())
+    took = {
+        arm: json.loads((arm / "run_state.json").read_text())["done"]["round-1/generate"]
+        for arm in (donor, shared)
+    }
+    assert took[shared] < took[donor] / 5
     sft = [
         json.loads(line)
         for line in (out / "continued-seed0" / "round-1" / "sft.jsonl").read_text().splitlines()
