@@ -115,3 +115,15 @@ def test_flash_attention_does_not_share_the_prompt(tiny_model_dir):
     assert prompt_shareable(model, spec)
     model.get_submodule(spec.language_module).config._attn_implementation = "flash_attention_2"
     assert not prompt_shareable(model, spec)
+
+
+def test_a_packed_batch_computes_each_image_once_for_the_policy_and_the_reference(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("qwen2_vl")
+    trainer, batch = _trainer_and_batch(model_dir, _pairs(tmp_path, model_dir), tmp_path / "out")
+    spec = get_family("qwen2_vl")
+    trainer.spr_prompt_spec = trainer.spr_spec = spec
+    calls = []
+    encoder = trainer.model.get_base_model().get_submodule(spec.vision_modules[0])
+    encoder.register_forward_hook(lambda m, args, out: calls.append(1))
+    trainer.compute_loss(trainer.model, batch)  # the reference (not cached) and the policy, one step
+    assert len(calls) == 1

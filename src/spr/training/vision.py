@@ -6,7 +6,9 @@ With the vision tower frozen (the default) its features are the same every time.
 the multimodal model's ``get_image_features`` (which every family's forward calls) for the length of one step:
 when each image tensor of the call is two equal halves, the features of the first half are computed once (no
 gradient: the tower is frozen), repeated for the second, and handed again to every later call with the same
-tensors (the reference forward). Anything else (other tensors, halves that differ) goes through unchanged.
+tensors (the reference forward). A call whose images are there once each (a batch packed with each pair's
+prompt once, :mod:`spr.training.prefix`, or halves that differ) is computed once, without gradient, and handed
+to the later calls with the same tensors alike.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def shared_vision(modules):
                 if deep is not None:
                     fields["deepstack_features"] = [_twice(f) for f in deep]
                 out = type(half)(**fields)
-            except _NotDoubled:
-                return original(*args, **kwargs)
+            except _NotDoubled:  # each image once already (a packed batch): computed once for every model
+                with torch.no_grad():
+                    out = original(*args, **kwargs)
             shared[key] = out
             return out
 
