@@ -114,25 +114,23 @@ def logged_loss(log_history: list[dict], upto: int | None = None) -> tuple[float
     return total, last
 
 
-def whole_run(result, checkpoint: Path | None):
-    """``result`` with the mean loss of every step of the run: after a resume, transformers' ``training_loss``
-    is the mean of the resumed steps only. The steps before the checkpoint come from its logged means (exact when
-    the checkpoint's step was a logging step; otherwise the steps since the last log are taken at its mean)."""
-    start = checkpoint_step(checkpoint)
+def whole_run(result, start: int, logs: list[dict]):
+    """``result`` with the mean loss of every step of the run: after a resume from step ``start``, transformers'
+    ``training_loss`` is the mean of the resumed steps only. The steps before come from the checkpoint's logged
+    means ``logs`` (exact when its step was a logging step; else the steps since the last log count at its
+    mean)."""
     if not start or result.global_step <= start:
         return result
-    before, last = logged_loss(_state(checkpoint).get("log_history") or [], upto=start)
+    before, last = logged_loss(logs, upto=start)
     before = before / last * start if last else 0.0
     mean = (before + result.training_loss * (result.global_step - start)) / result.global_step
     return result._replace(training_loss=mean)
 
 
-def _continue_counts(trainer, checkpoint: Path | None) -> None:
+def _continue_counts(trainer, logs: list[dict]) -> None:
     """TRL's DPO token count goes on from the checkpoint's (it is not in the trainer state; GRPO's is)."""
-    if checkpoint is None or not hasattr(trainer, "_total_train_tokens"):
-        return
-    logged = [e["num_tokens"] for e in _state(checkpoint).get("log_history") or [] if "num_tokens" in e]
-    if logged:
+    logged = [e["num_tokens"] for e in logs if "num_tokens" in e]
+    if logged and hasattr(trainer, "_total_train_tokens"):
         trainer._total_train_tokens = int(logged[-1])
 
 
@@ -141,11 +139,12 @@ def resumed(trainer, checkpoint: Path | None):
     that is more than tensors: planted, or from another version) is one line naming the checkpoint."""
     import pickle
 
-    _continue_counts(trainer, checkpoint)
+    # read before training: the checkpoint may be rotated away by the time it ends (save_total_limit)
+    logs = (_state(checkpoint).get("log_history") or []) if checkpoint else []
+    _continue_counts(trainer, logs)
     try:
-        return whole_run(
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None), checkpoint
-        )
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return whole_run(result, checkpoint_step(checkpoint), logs)
     except RuntimeError as e:  # torch.save on a full disk says "unexpected pos" in its zip writer, not ENOSPC
         if shutil.disk_usage(trainer.args.output_dir).free < DISK_FULL:
             raise OSError(errno.ENOSPC, f"No space left on device ({type(e).__name__} while saving)",
