@@ -38,6 +38,7 @@ from .data.jsonl import (
     shards_of,
 )
 from .data.records import Region
+from .data.summary import Count, Counters
 from .errors import UserError
 from .options import (
     DescriptionPrompts,
@@ -220,6 +221,19 @@ def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats
         distributed.teardown()
 
 
+# What candidates.summary.json counts: the whole output's candidates and tokens, this run's work.
+COUNTS = Counters({
+    "regions": Count("regions in the regions file (this run's --limit)", "region"),
+    "candidates": Count("candidates the output holds, whichever run wrote them", "candidate"),
+    "with_problems": Count("candidates with at least one piece of text the codec could not read", "candidate"),
+    "without_boxes": Count("candidates from which no box could be read", "candidate"),
+    "new_tokens": Count("tokens the model generated for the candidates the output holds", "token"),
+    "written": Count("candidates this run wrote", "candidate"),
+    "already_present": Count("candidates an earlier run had written (a resume)", "candidate"),
+    "seconds": Count("this run's sampling time", "second"),
+})  # fmt: skip
+
+
 def output_counts(out: Path) -> dict:
     """What the output holds, read one record at a time: a resumed run's summary counts the candidates and
     tokens of the runs before it too (``written``, ``already_present`` and ``seconds`` are this run's)."""
@@ -264,7 +278,6 @@ Config = GenerateConfig
 
 
 def run(config: GenerateConfig) -> int:
-    import json
 
     stats = run_generate(config)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -273,7 +286,7 @@ def run(config: GenerateConfig) -> int:
         if stats.written or not path.exists():  # a run that wrote nothing keeps the summary of its output
             summary = {k: v for k, v in stats.__dict__.items() if isinstance(v, int | float)}
             summary.update(output_counts(Path(config.out)))  # the whole output's, whichever run wrote it
-            path.write_text(json.dumps(summary, indent=1))
+            COUNTS.write(path, summary)
         if stats.regions and not stats.written and not stats.already_present:
             raise UserError(
                 f"no candidate could be made from {config.regions}: every region was skipped (see above)"

@@ -23,7 +23,6 @@ are, so ``spr train`` refuses DPO rows that do not belong to the pairs beside th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -37,18 +36,33 @@ from . import boxes as B
 from .config import opt, output_settings, required
 from .data.jsonl import JsonlError, commit_together, iter_records, manifest_path, read_records
 from .data.records import Candidate, Pair, Region, Score
+from .data.summary import Count, Counters
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = (
-    "no original candidate",
-    "no refined candidate",
-    "identical chosen and rejected texts",
-    "margin below threshold",
-    "unknown region or candidate",
-    "unusable crop box",
-)
+# What pairs.summary.json counts; the skip reasons are the groups (a region's answers to one prompt) that gave
+# no pair, by reason.
+SKIPPED = {
+    "no original candidate": "groups without a scored original answer",
+    "no refined candidate": "groups without a scored refined answer (paper and self_refined pairings need one)",
+    "identical chosen and rejected texts": "groups whose chosen and rejected answers read the same",
+    "margin below threshold": "groups whose margin (chosen total - rejected total) is not above 0 and --min-margin",
+    "unknown region or candidate": "scores whose region or candidate is not in the inputs",
+    "unusable crop box": "groups whose crop box the trainer could not rebuild the image from",
+}
+SKIP_REASONS = tuple(SKIPPED)
+COUNTS = Counters({
+    "--min-margin": Count("a pair needs chosen total - rejected total above 0 and at least this", "setting"),
+    "--pairing": Count("which two answers of a prompt are paired", "setting"),
+    "groups": Count("groups of scored answers to one prompt of one region", "group"),
+    "pairs": Count("pairs written, at most one per group", "pair"),
+    **{reason: Count(meaning, "group") for reason, meaning in SKIPPED.items()},
+    "mean margin": Count("chosen total - rejected total, over the pairs", "value"),
+    "smallest margin kept": Count("the smallest margin among the pairs", "value"),
+    "mean chosen total": Count("the chosen answers' total score, over the pairs", "value"),
+    "mean rejected total": Count("the rejected answers' total score, over the pairs", "value"),
+})  # fmt: skip
 PAIRINGS = ("paper", "self_refined", "best_vs_worst")
 
 
@@ -296,14 +310,14 @@ def run(config: PairConfig) -> int:
             manifest_path(dpo),
             owner=out,
         )
-    summary = {"min_margin (setting)": config.min_margin, "pairing": config.pairing, **stats}
+    summary = {"--min-margin": config.min_margin, "--pairing": config.pairing, **stats}
     if pairs:
         margins = [p.margin for p in pairs]
         summary["mean margin"] = sum(margins) / len(margins)
         summary["smallest margin kept"] = min(margins)
         summary["mean chosen total"] = sum(p.chosen_score for p in pairs) / len(pairs)
         summary["mean rejected total"] = sum(p.rejected_score for p in pairs) / len(pairs)
-    summary_file.write_text(json.dumps(summary, indent=2))
+    COUNTS.write(summary_file, summary)
     print(markdown_table(["pairs", "value"], [[k, v] for k, v in summary.items()]))
     print(f"wrote {len(pairs)} pairs to {out} and the DPO dataset to {dpo}")
     if not pairs:  # written (a valid empty result), but a DPO dataset of no rows trains nothing: say why now

@@ -28,6 +28,7 @@ import numpy as np
 from . import boxes as B
 from . import formats
 from .data.records import Candidate, Region
+from .data.summary import Count, Counters
 
 UNMATCHED = ("keep", "drop", "median")
 MEDIAN_MIN_SAMPLES = 3
@@ -153,6 +154,22 @@ def parse_in_view(text: str, candidate: Candidate, region: Region, problems: lis
 
 def problem_kind(problem: str) -> str:
     return problem.split(":", 1)[0]
+
+
+# The kinds of problem found in a text (each counted once per text that has it, :func:`count_kinds`).
+PROBLEM_KINDS = Counters({
+    "codec problem": Count(
+        "scored texts (originals and refined texts) with at least one piece the box codec could not read, once per "
+        "text however many pieces it has; a refined text is parsed again and keeps the original's unreadable piece, "
+        "so one candidate can count twice. Not the same count as generate's candidates with parse problems", "text"),
+    "empty text": Count("scored texts that are empty (semantic score 0)", "text"),
+    "no box": Count("scored texts without a usable box (localization score 0)", "text"),
+    "malformed grounding": Count("scored texts with a stored grounding that is not a box (skipped)", "text"),
+    "non-finite box": Count("scored texts with a box holding NaN or infinity (dropped)", "text"),
+    "degenerate box": Count("scored texts with a box of zero or negative width or height (dropped)", "text"),
+    "box outside the image": Count("scored texts with a box reaching outside the image (clipped to it)", "text"),
+    "not refined": Count("refined texts in which some box could not be replaced (kept as written)", "text"),
+})  # fmt: skip
 
 
 @dataclass

@@ -6,58 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from html import escape
 
+from ..data.summary import declared
 from ..refine import problem_kind
 from .cells import explained, fmt
 from .data import ReportData
 from .text import box_entries
 
-PROBLEM_MEANING = {
-    "codec problem": (
-        "scored texts (originals and refined texts) with at least one piece the box codec could not read, once "
-        "per text however many pieces it has; a refined text is parsed again and keeps the original's unreadable "
-        "piece, so one candidate can count twice. Not the same count as generate's candidates with parse problems"
-    ),
-    "empty text": "scored texts that are empty (semantic score 0)",
-    "no box": "scored texts without a usable box (localization score 0)",
-    "malformed grounding": "scored texts with a stored grounding that is not a box (skipped)",
-    "non-finite box": "scored texts with a box holding NaN or infinity (dropped)",
-    "degenerate box": "scored texts with a box of zero or negative width or height (dropped)",
-    "box outside the image": "scored texts with a box reaching outside the image (clipped to it)",
-    "not refined": "refined texts in which some box could not be replaced (kept as written)",
-    "refined: boxes replaced": "boxes, not texts: box strings that refinement replaced with the matched reference",
-    "refined: boxes dropped": "boxes, not texts: box strings that refinement removed (--unmatched drop)",
-    "refined: boxes set to the samples' median": "boxes, not texts: box strings that matched no reference and "
-    "took the median of the prompt's sampled boxes for that object (--unmatched median)",
-    "reference box unusable": "annotated object boxes, not texts, that could not serve as references",
-    "malformed region record": "lines of regions.jsonl skipped as unreadable",
-    "malformed candidate record": "lines of candidates.jsonl skipped as unreadable",
-    "candidate of unknown region": "candidates whose region is not in regions.jsonl (not scored)",
-    "image unreadable (region skipped)": "regions, not texts, whose image could not be read (not scored)",
-}
-# kinds that count something other than scored texts: no per-text breakdown
-NOT_PER_TEXT = (
-    "refined:",
-    "reference box",
-    "malformed ",
-    "candidate of unknown",
-    "image unreadable",
-    "region skipped",
-)
-
-PAIR_KEYS = {
-    "min_margin": (
-        "setting: --min-margin",
-        "a pair needs chosen total - rejected total above 0 and at least this",
-    ),
-    "min_margin (setting)": (
-        "setting: --min-margin",
-        "a pair needs chosen total - rejected total above 0 and at least this",
-    ),
-    "pairing": ("setting: --pairing", "which two answers of a prompt are paired"),
-    "groups": ("(region, prompt) groups", "groups of scored answers to one prompt of one region"),
-    "pairs": ("pairs written", "at most one per group"),
-}
-MEASURED = ("mean margin", "smallest margin kept", "min margin", "mean chosen total", "mean rejected total")
+UNDECLARED = "(not declared: a summary written by an older version)"
 
 
 def _candidate_rows(data: ReportData) -> list[tuple[str, object, str]]:
@@ -86,14 +41,10 @@ def _score_rows(data: ReportData) -> list[tuple[str, object, str]]:
     ref = [s for s in data.scores if s.refined]
     summary = data.score_summary or {}
     rows: list[tuple[str, object, str]] = [("regions", len(data.regions), "regions in regions.jsonl")]
-    if "semantic" in summary:
-        rows.append(
-            ("setting: semantic scorer", str(summary["semantic"]), "how the semantic score was computed")
-        )
-    if "lambda" in summary:
-        rows.append(
-            ("setting: lambda", summary["lambda"], "total = lambda * semantic + (1 - lambda) * localization")
-        )
+    for k, v in summary.items():  # the settings the scores were made with, as the summary declares them
+        count = declared(summary, k)
+        if count is not None and count.per == "setting":
+            rows.append((f"setting: {k}", str(v), count.meaning))
     rows += [
         ("scored original texts", len(orig), "one Score per candidate, as the model wrote it"),
         (
@@ -118,28 +69,26 @@ def _score_rows(data: ReportData) -> list[tuple[str, object, str]]:
 
 
 def _pair_rows(data: ReportData) -> list[tuple[str, object, str]]:
+    """The pairs summary's counters as it declares them (the measured values again, from the pairs)."""
     summary = data.pair_summary
     rows: list[tuple[str, object, str]] = []
-    skipped: dict[str, int] = {}
     if summary is None:
         rows.append(("pairs", len(data.pairs), "no pairs.summary.json: settings unknown"))
     else:
+        skipped = []
         for k, v in summary.items():
-            if k in MEASURED or k.startswith("mean"):
-                continue  # measured again below, from the pairs themselves
-            if not isinstance(v, (int, float, str)) or isinstance(v, bool):
+            count = declared(summary, k)
+            if k == "declared" or (count is not None and count.per == "value"):
                 continue
-            if k in PAIR_KEYS:
-                rows.append((PAIR_KEYS[k][0], v, PAIR_KEYS[k][1]))
-            elif isinstance(v, int):
-                skipped[k] = v
+            if count is None:
+                rows.append((k, v, UNDECLARED))
+            elif count.per == "group" and k != "groups":  # a reason a group gave no pair
+                skipped.append((f"  skipped: {k}", v, count.meaning))
             else:
-                rows.append((k, v, "from pairs.summary.json"))
-        rows.append(
-            ("groups skipped", sum(skipped.values()), "groups that gave no pair; by reason below (reasons with 0 "
-             "left out)")
-        )  # fmt: skip
-        rows += [(f"  skipped: {k}", v, "") for k, v in skipped.items() if v]
+                rows.append((f"setting: {k}" if count.per == "setting" else k, v, count.meaning))
+        rows.append(("groups skipped", sum(v for _, v, _ in skipped), "groups that gave no pair, by reason below "
+                     "(reasons with 0 left out)"))  # fmt: skip
+        rows += [row for row in skipped if row[1]]
     if data.pairs:
         margins = [p.margin for p in data.pairs]
         n = len(data.pairs)
@@ -173,15 +122,12 @@ def _problem_table(data: ReportData) -> str:
     )
     rows = []
     for kind, count in sorted(problems.items()):
-        if kind.startswith(NOT_PER_TEXT):
-            o = r = "-"
-        else:
+        declaration = declared(data.score_summary, kind)
+        if declaration is not None and declaration.per == "text":
             o, r = per_text[False][kind], per_text[True][kind]
-        what = PROBLEM_MEANING.get(kind) or (
-            "regions, not texts, that were skipped"
-            if kind.startswith("region skipped")
-            else "scored texts with it"
-        )
+        else:
+            o = r = "-"
+        what = declaration.meaning if declaration else UNDECLARED
         rows.append(
             f'<tr><td>{escape(kind)}</td><td class="num">{escape(fmt(count))}</td>'
             f'<td class="num">{escape(fmt(o))}</td><td class="num">{escape(fmt(r))}</td>'

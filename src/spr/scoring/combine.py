@@ -19,6 +19,7 @@ from typing import Literal
 from ..config import check_numbers, opt, required
 from ..data.images import load_image
 from ..data.records import Candidate, Region, Score
+from ..data.summary import Count, Counters
 from ..options import Device, ImageLimit, Progress
 from ..refine import RefineConfig, count_kinds, refine_candidate, usable_groundings
 from .localization import LocalizationConfig, localization_score
@@ -28,6 +29,13 @@ from .semantic import NoSemantic, SemanticItem, SemanticScorer
 from .text import description_text
 
 REFINED_SUFFIX = "#refined"
+REFINED_COUNTS = Counters({
+    "refined: boxes replaced": Count("box strings that refinement replaced with the matched reference", "box"),
+    "refined: boxes dropped": Count("box strings that refinement removed (--unmatched drop)", "box"),
+    "refined: boxes set to the samples' median": Count(
+        "box strings that matched no reference and took the median of the prompt's sampled boxes for that object "
+        "(--unmatched median)", "box"),
+})  # fmt: skip
 
 
 def total_score(semantic: float, localization: float, lam: float) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -12,13 +11,31 @@ from ..data.guard import StageOutput, fingerprint
 from ..data.images import ImageProblem
 from ..data.jsonl import JsonlWriter, iter_records, read_records, reorder
 from ..data.records import Candidate, Region
+from ..data.summary import Count, Counters
 from ..errors import UserError
 from ..options import resolve_device
-from .combine import REFINED_SUFFIX, RegionScorer, ScoreConfig
+from ..refine import PROBLEM_KINDS
+from .combine import REFINED_COUNTS, REFINED_SUFFIX, RegionScorer, ScoreConfig
+from .references import COUNTS as REFERENCE_COUNTS
 from .semantic import make_semantic_scorer
 
 HELP = "Score candidates (semantic + localization), refine their boxes and score the refined texts."
 log = logging.getLogger(__name__)
+
+# What scores.summary.json counts: this module's counters and those of the modules that count per text or box.
+COUNTS = Counters({
+    "semantic": Count("the semantic scorer used", "setting"),
+    "lambda": Count("total = lambda * semantic + (1 - lambda) * localization", "setting"),
+    "regions": Count("regions with candidates to score", "region"),
+    "candidates": Count("candidates of those regions", "candidate"),
+    "written": Count("score records this run wrote", "record"),
+    "already_there": Count("score records an earlier run had written (a resume)", "record"),
+    "malformed region record": Count("lines of regions.jsonl skipped as unreadable", "line"),
+    "malformed candidate record": Count("lines of candidates.jsonl skipped as unreadable", "line"),
+    "candidate of unknown region": Count("candidates whose region is not in regions.jsonl (not scored)", "candidate"),
+    "region skipped:": Count("regions whose image could not be used, by reason (not scored)", "region"),
+    **PROBLEM_KINDS, **REFINED_COUNTS, **REFERENCE_COUNTS,
+})  # fmt: skip
 
 
 def read_regions(regions_path, problems: Counter) -> dict[str, Region]:
@@ -175,7 +192,7 @@ def run(config: ScoreConfig) -> int:
         "already_there": already,
         "problems": dict(problems),
     }
-    summary_path(config.out).write_text(json.dumps(summary, indent=2))
+    COUNTS.write(summary_path(config.out), summary)
     rows = [["regions", len(ids)], ["candidates", summary["candidates"]], ["records written", written]]
     rows.append(["records already there (resumed)", already])
     for kind, (n, total, localization, semantic) in sorted(totals.items()):

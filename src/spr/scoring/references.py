@@ -16,6 +16,11 @@ import numpy as np
 
 from .. import boxes as B
 from ..data.records import Region
+from ..data.summary import Count, Counters
+
+COUNTS = Counters(
+    {"reference box unusable": Count("annotated object boxes that could not serve as references", "box")}
+)
 
 
 @dataclass
