@@ -328,6 +328,10 @@ def _corrupt(name: str):
             (d / "chat_template.jinja").write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}")
         elif name == "template looping":
             (d / "chat_template.jinja").write_text("{% for i in range(10**12) %}x{% endfor %}")
+        elif name == "template slow":  # within jinja's range limit, but 10^10 steps
+            (d / "chat_template.jinja").write_text(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+            )
         elif name == "patch size 0":
             processor = json.loads((d / "processor_config.json").read_text())
             processor["image_processor"]["patch_size"] = 0
@@ -346,15 +350,18 @@ BAD_MODELS = {
     "index naming a file outside": "names the shard '../outside.safetensors'",
     "template tripping the sandbox": "the chat template does not render (SecurityError",
     "template looping": "the chat template does not render",
+    "template slow": "the chat template does not render (TimeoutError: took more than 0.5 s",
     "patch size 0": "the image processor's patch_size is 0",
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_MODELS))
-def test_a_bad_model_directory_is_one_line_naming_the_file(tiny_model_dir, tmp_path, case):
+def test_a_bad_model_directory_is_one_line_naming_the_file(tiny_model_dir, tmp_path, case, monkeypatch):
     import shutil
 
     from spr import models
+
+    monkeypatch.setattr("spr.models.loading.TEMPLATE_SECONDS", 0.5)  # the slow template fails fast here
 
     d = tmp_path / "sub" / "model"
     shutil.copytree(tiny_model_dir("qwen2_vl"), d)

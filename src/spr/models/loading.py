@@ -3,6 +3,7 @@ when asked. Problems with the directory are reported as :class:`UserError` namin
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -106,6 +107,33 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
     return model
 
 
+# One short message takes milliseconds to render; a template this slow would take hours over a run's prompts.
+TEMPLATE_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """A TimeoutError in the block after ``seconds`` (in the main thread, where a signal can interrupt it;
+    elsewhere no limit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TimeoutError(f"took more than {seconds:g} s for one short message")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def resolve_dtype(dtype, device: str):
     import torch
 
@@ -168,8 +196,9 @@ def load(
     )  # fmt: skip
     model.to(device).eval()
     adapter = ModelAdapter(model, processor, spec, fmt=fmt, device=device)
-    try:  # once here: a template that trips jinja's sandbox (or its range limit) fails now, not mid-run
-        adapter.chat_text("a check of the chat template")
+    try:  # once here: a template that trips jinja's sandbox, its range limit or the clock fails now, not mid-run
+        with time_limit(TEMPLATE_SECONDS):
+            adapter.chat_text("a check of the chat template")
     except Exception as e:
         raise UserError(f"{path}: the chat template does not render ({type(e).__name__}: {e})") from None
     if min_pixels or max_pixels:
