@@ -63,6 +63,20 @@ class Parsed(list):
         self.problems: list[str] = list(problems or [])
 
 
+def location_quads(run, token, problems: list[str]) -> list[tuple[list[int], tuple[int, int]]]:
+    """The location tokens of ``run`` (a regex match of consecutive tokens; ``token`` matches one, its value in
+    group 1) in fours: each four's values and the characters they span. Tokens left over (fewer than four) are a
+    problem."""
+    locs = [
+        (int(m.group(1)), run.start() + m.start(), run.start() + m.end())
+        for m in token.finditer(run.group(0))
+    ]
+    whole = len(locs) - len(locs) % 4
+    if whole < len(locs):
+        problems.append(f"{len(locs) % 4} location token(s) at character {locs[whole][1]} do not make a box")
+    return [([v for v, _, _ in locs[i : i + 4]], (locs[i][1], locs[i + 3][2])) for i in range(0, whole, 4)]
+
+
 def check_image_size(image_size) -> tuple[float, float]:
     """``(W, H)`` as two positive finite numbers, or a ValueError that says what was passed."""
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Codec, Grounding, Parsed
+from .base import Codec, Grounding, Parsed, location_quads
 from .grid import from_grid, to_grid
 from .registry import register
 from .text import clean_phrase
@@ -30,23 +30,12 @@ class Florence2Codec(Codec):
         for run in _RUN.finditer(text):
             phrase = clean_phrase(text[prev_end : run.start()].strip(" \t\r\n,;"))
             prev_end = run.end()
-            locs = [
-                (int(m.group(1)), run.start() + m.start(), run.start() + m.end())
-                for m in _LOC.finditer(run.group(0))
-            ]
-            whole = len(locs) - len(locs) % 4
-            if whole < len(locs):
-                out.problems.append(
-                    f"{len(locs) % 4} location token(s) at character {locs[whole][1]} do not make a box"
-                )
-            for i in range(0, whole, 4):
+            for vals, span in location_quads(run, _LOC, out.problems):
                 n += 1
-                quad = locs[i : i + 4]
-                vals = [v for v, _, _ in quad]
                 box = from_grid(vals, image_size, BINS, offset=0.5)
                 box = self.finish_box(box, image_size, out.problems, f"box {n}")
                 if box is not None:
-                    out.append(Grounding(phrase, box, (quad[0][1], quad[3][2])))
+                    out.append(Grounding(phrase, box, span))
         return out
 
     def write_box(self, box, image_size, **geometry):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Codec, Grounding, Parsed
+from .base import Codec, Grounding, Parsed, location_quads
 from .registry import register
 from .text import clean_phrase
 
@@ -33,25 +33,14 @@ class PaliGemmaCodec(Codec):
         w, h = image_size
         n = 0
         for run in _RUN.finditer(text):
-            locs = [
-                (int(m.group(1)), run.start() + m.start(), run.start() + m.end())
-                for m in _LOC.finditer(run.group(0))
-            ]
             label = _LABEL.match(text, run.end())
             phrase = clean_phrase(_SEG.sub(" ", label.group(0))) if label else None
-            whole = len(locs) - len(locs) % 4
-            if whole < len(locs):
-                out.problems.append(
-                    f"{len(locs) % 4} location token(s) at character {locs[whole][1]} do not make a box"
-                )
-            for i in range(0, whole, 4):
+            for (y1, x1, y2, x2), span in location_quads(run, _LOC, out.problems):
                 n += 1
-                quad = locs[i : i + 4]
-                y1, x1, y2, x2 = (v for v, _, _ in quad)
                 box = (x1 / SCALE * w, y1 / SCALE * h, x2 / SCALE * w, y2 / SCALE * h)
                 box = self.finish_box(box, image_size, out.problems, f"box {n}")
                 if box is not None:
-                    out.append(Grounding(phrase, box, (quad[0][1], quad[3][2])))
+                    out.append(Grounding(phrase, box, span))
         return out
 
     def write_box(self, box, image_size, **geometry):
