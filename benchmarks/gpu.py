@@ -39,7 +39,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -153,7 +152,10 @@ class Run:
         self.log(f"START {key}")
         t0 = time.monotonic()
         try:
-            with alarm(max(1.0, min(limit_s, self.left()))):
+            from spr.clock import time_limit
+
+            seconds = max(1.0, min(limit_s, self.left()))
+            with time_limit(seconds, f"stopped after {seconds:.0f} s (its share of the time budget)"):
                 value = fn()
             where[key] = value
             self.log(f"DONE {key} in {time.monotonic() - t0:.1f}s: {short(value)}")
@@ -172,22 +174,6 @@ class Run:
             free_memory()
         self.save()
         return value
-
-
-@contextlib.contextmanager
-def alarm(seconds: float):
-    """Raise TimeoutError in the main thread after ``seconds``."""
-
-    def fire(signum, frame):
-        raise TimeoutError(f"stopped after {seconds:.0f} s (its share of the time budget)")
-
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def short(value) -> str:

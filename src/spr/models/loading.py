@@ -3,10 +3,10 @@ when asked. Problems with the directory are reported as :class:`UserError` namin
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
+from ..clock import time_limit
 from ..errors import UserError
 from .adapter import ModelAdapter
 from .families import FAMILIES, available_families, family_for_model_type, get_family
@@ -111,29 +111,6 @@ def from_pretrained(cls, path: Path, what: str, **kwargs):
 TEMPLATE_SECONDS = 10.0
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """A TimeoutError in the block after ``seconds`` (in the main thread, where a signal can interrupt it;
-    elsewhere no limit)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def stop(signum, frame):
-        raise TimeoutError(f"took more than {seconds:g} s for one short message")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def resolve_dtype(dtype, device: str):
     import torch
 
@@ -197,7 +174,7 @@ def load(
     model.to(device).eval()
     adapter = ModelAdapter(model, processor, spec, fmt=fmt, device=device)
     try:  # once here: a template that trips jinja's sandbox, its range limit or the clock fails now, not mid-run
-        with time_limit(TEMPLATE_SECONDS):
+        with time_limit(TEMPLATE_SECONDS, f"took more than {TEMPLATE_SECONDS:g} s for one short message"):
             adapter.chat_text("a check of the chat template")
     except Exception as e:
         raise UserError(f"{path}: the chat template does not render ({type(e).__name__}: {e})") from None
