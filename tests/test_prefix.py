@@ -73,7 +73,7 @@ def test_prompt_once_gives_the_loss_and_gradients_of_a_prompt_per_answer(tiny_mo
     assert prompt_shareable(trainer.model, spec)
 
 
-def test_the_reference_pass_shares_the_prompt_and_gives_the_same_log_probs(tiny_model_dir, tmp_path):
+def test_the_reference_shares_the_prompt_and_gives_the_same_log_probs(tiny_model_dir, tmp_path):
     model_dir = tiny_model_dir("qwen2_vl")
     trainer, batch = _trainer_and_batch(model_dir, _pairs(tmp_path, model_dir), tmp_path / "out")
     chosen, rejected = trainer.compute_ref_log_probs(trainer.model, batch)

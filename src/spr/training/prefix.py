@@ -17,7 +17,7 @@ laid out as described (rows that differ in their prompt, an unknown per-token in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ATTENTION = ("sdpa", "eager")
 PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -35,9 +35,17 @@ class Packing:
     valid: object
     segments: list[tuple[int, int, int]]
     prompt: list[int]
+    masks: dict = field(default_factory=dict)
 
     def mask(self, dtype, device):
-        """The 4-d additive attention mask (0: attend; the dtype's minimum: not)."""
+        """The 4-d additive attention mask (0: attend; the dtype's minimum: not), made once per dtype and device
+        (the policy's and the reference's forward share it)."""
+        key = (dtype, str(device))
+        if key not in self.masks:
+            self.masks[key] = self._mask(dtype, device)
+        return self.masks[key]
+
+    def _mask(self, dtype, device):
         import torch
 
         n, length = self.valid.shape
@@ -50,8 +58,11 @@ class Packing:
             allowed[i, :start] = causal[:start] & (k < start)  # prompt and chosen answer
             allowed[i, start:end] = ((k < p - 1) | ((k >= start) & causal))[start:end]
             allowed[i, end:] = (k == q)[end:]  # padding sees itself (a row with no key would be NaN)
-        out = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        return out.unsqueeze(1).to(device)
+        allowed = allowed.to(device)
+        out = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
+        return out.unsqueeze(1)
 
 
 def plan(input_ids, attention_mask, labels) -> Packing | None:

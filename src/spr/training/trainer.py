@@ -1,4 +1,4 @@
-"""TRL's DPOTrainer with SPR's two savings (docs/training.md, "What is shared, and what it saves"):
+"""TRL's DPOTrainer with SPR's three savings (docs/training.md, "What is shared, and what it saves"):
 
 - **reference log-probs once** (:mod:`spr.training.reference`): the frozen reference's log-probs of a pair are
   computed in the first step that trains on it (beside the policy's forward, on the same image features and
