@@ -62,6 +62,7 @@ class TrainerOptions(Device, Dtype, Progress, OptionGroup):
     )  # fmt: skip
 
     def __post_init__(self):
+        self.dtype = self.dtype or "auto"  # a training's default precision, named as its settings record it
         for name, value in self.STAGE_DEFAULTS.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
