@@ -103,16 +103,15 @@ def test_rerun_reuses_the_model_and_other_settings_stop(trained, tmp_path):
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(UserError, match="other settings"):
         train_clip(out, EASY, world_seed=1, config=SHORT, progress=False)
-    interrupted = tmp_path / "interrupted"
-    build_clip(interrupted, EASY, TinyClipShape(hidden_size=32, layers=1, heads=2))
-    record = train_clip(
-        interrupted,
-        EASY,
-        config=ClipRecipeConfig(scenes=4, steps=2, batch_size=8, eval_scenes=2),
-        progress=False,
+    interrupted, small = (
+        tmp_path / "interrupted",
+        ClipRecipeConfig(scenes=4, steps=2, batch_size=8, eval_scenes=2),
     )
+    train_clip(interrupted, EASY, config=small, progress=False)
+    (interrupted / "training.json").unlink()  # killed before its last file
+    record = train_clip(interrupted, EASY, config=small, progress=False)
     assert len(record["loss_curve"]) == 2  # started clean
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("x")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="no settings header"):  # not a directory this recipe wrote
         train_clip(tmp_path / "junk", EASY, config=SHORT, progress=False)

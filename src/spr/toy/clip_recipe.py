@@ -207,28 +207,34 @@ def train_clip(
     out_dir: str | Path, world: WorldConfig | None = None, world_seed: int = 0, config: ClipRecipeConfig | None = None,
     progress: bool = True,
 ) -> dict:  # fmt: skip
-    """Build, train and save the tiny CLIP in ``out_dir``; returns what training.json records."""
-    import torch
-    from tqdm import tqdm
-
-    from ..models.clip import load_clip
+    """Build, train and save the tiny CLIP in ``out_dir`` (under the output guard: a finished one of these settings
+    is reused, other settings are refused); returns what training.json records."""
+    from ..data.guard import NOT_RECORDS, StageOutput
 
     world, config = world or WorldConfig(), config or ClipRecipeConfig()
     out = Path(out_dir)
     settings = {"world": world.to_dict(), "world_seed": world_seed, "recipe": asdict(config)}
-    done = out / "training.json"
-    if done.exists():
-        previous = json.loads(done.read_text())
-        if {k: previous.get(k) for k in settings} == settings:
-            return previous
-        raise UserError(f"{out} holds a CLIP trained with other settings; choose another --out or remove it")
-    present = {p.name for p in out.iterdir()} if out.exists() else set()
-    if present - MODEL_FILES:
-        raise UserError(
-            f"{out}: not empty and holds no finished CLIP (no training.json); choose an empty --out"
-        )
-    for name in present:  # an interrupted training: start clean
-        (out / name).unlink()
+    with StageOutput(out, "toy train-clip", settings, directory=True):
+        done = out / "training.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        present = {p.name for p in out.iterdir()} - set(NOT_RECORDS)
+        if present - MODEL_FILES:
+            raise UserError(
+                f"{out}: holds files that are not a CLIP's ({', '.join(sorted(present - MODEL_FILES))})"
+            )
+        for name in present:  # an interrupted training: start clean
+            (out / name).unlink()
+        return _train(out, world, world_seed, config, settings, progress)
+
+
+def _train(
+    out: Path, world: WorldConfig, world_seed: int, config: ClipRecipeConfig, settings: dict, progress: bool
+):
+    import torch
+    from tqdm import tqdm
+
+    from ..models.clip import load_clip
 
     start = time.perf_counter()
     if config.threads:
@@ -314,7 +320,7 @@ def train_clip(
         "seconds": round(train_seconds, 1),
         "loss_curve": curve,
     }
-    done.write_text(json.dumps(record, indent=1))
+    (out / "training.json").write_text(json.dumps(record, indent=1))  # last: marks the CLIP finished
     return record
 
 
