@@ -30,6 +30,7 @@ from .data.guard import OutputLock, StageOutput, fingerprint, lock_path
 from .data.jsonl import (
     JsonlError,
     JsonlWriter,
+    ends_a_line,
     ids_in,
     merge_shards,
     read_records,
@@ -143,20 +144,11 @@ def finished(config: GenerateConfig, regions, templates) -> bool:
     nothing to do, and the model is not loaded. The settings the model tells are not compared: the model's
     fingerprint, family, format and pixel options, which decide them, are."""
     out = Path(config.out)
-    if config.overwrite or not out.is_file() or shards_of(out):
+    if config.overwrite or not out.is_file() or not out.stat().st_size or shards_of(out):
         return False
-    if not _guard(config).holds_these_settings(ignore=FROM_THE_MODEL) or not _ends_a_line(out):
+    if not _guard(config).holds_these_settings(ignore=FROM_THE_MODEL) or not ends_a_line(out):
         return False  # (a torn last line is for the writer to repair)
     return ids_in([out]) >= set(expected_ids(regions, templates, config))
-
-
-def _ends_a_line(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        if not f.tell():
-            return False
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def run_generate(config: GenerateConfig, progress: bool = True) -> GenerateStats:

@@ -237,6 +237,16 @@ def shards_of(path: str | Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.stem}.shard*-of-*{path.suffix}"))
 
 
+def ends_a_line(path: str | Path) -> bool:
+    """Whether ``path`` is missing, empty or ends with a newline (a killed append leaves part of a line)."""
+    path = Path(path)
+    if not path.exists() or not path.stat().st_size:
+        return True
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def line_id(raw: bytes) -> str | None:
     """The id of one JSONL line (None: it has none). A line as this module writes it (``{"id": "...", ...}``,
     complete) gives its id without decoding the rest (10x quicker: a resume reads a million of them); any other

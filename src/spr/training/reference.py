@@ -75,6 +75,7 @@ class ReferenceCache:
 
     def __init__(self, rows: list[dict], path: Path, settings: dict, accelerator):
         from ..data.guard import StageOutput
+        from ..data.jsonl import ends_a_line
 
         self.path, self.accelerator = path, accelerator
         self.digests = {row["id"]: row_digest(row) for row in rows}
@@ -82,7 +83,7 @@ class ReferenceCache:
         accelerator.wait_for_everyone()  # every process has read the file before the main one rewrites it
         if accelerator.is_main_process:
             with StageOutput(path, STAGE, settings):
-                if others or not _ends_a_line(path):
+                if others or not ends_a_line(path):
                     from ..data.jsonl import write_jsonl
 
                     write_jsonl(path, [self._record(rid, *v) for rid, v in self.values.items()])
@@ -110,12 +111,3 @@ class ReferenceCache:
 
     def _record(self, rid: str, chosen: float, rejected: float) -> dict:
         return {"id": rid, "digest": self.digests[rid], "chosen": chosen, "rejected": rejected}
-
-
-def _ends_a_line(path: Path) -> bool:
-    """Whether ``path`` is empty or ends with a newline (a killed append leaves a part of a line)."""
-    if not path.exists() or not path.stat().st_size:
-        return True
-    with path.open("rb") as f:
-        f.seek(-1, 2)
-        return f.read(1) == b"\n"
