@@ -64,7 +64,7 @@ def merge(
     out: str | Path,
     base: str | Path | None = None,
     family: str | None = None,
-    dtype: str = "float32",
+    dtype: str | None = "float32",
     verify: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -84,6 +84,9 @@ def merge(
     if base is None:
         raise UserError(f"{adapter_dir}: the base model is not recorded here; give it with --base DIR")
     check_weights(adapter_dir, safe=("adapter_model.safetensors",), unsafe=("adapter_model.bin",))
+    dtype = (
+        "float32" if dtype in (None, "auto") else dtype
+    )  # the Dtype group's default: weights saved in fp32
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if out.resolve() in (Path(base).resolve(), adapter_dir.resolve()):
@@ -144,7 +147,7 @@ Config = MergeConfig
 
 def run(config: MergeConfig) -> int:
     out = merge(
-        config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype if config.dtype not in (None, "auto") else "float32",
+        config.adapter, config.out, base=config.base, family=config.family, dtype=config.dtype,
         overwrite=config.overwrite,
     )  # fmt: skip
     print(f"merged model with its processor: {out}")

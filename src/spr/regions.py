@@ -179,9 +179,8 @@ def run(config: RegionConfig) -> int:
                 order.append(region.id)
                 total += 1
         written, existing = writer.written, len(writer.ids) - writer.written
-    if (
-        writer.repaired
-    ):  # records of torn lines in the middle were written again at the end: back to their places
+    # records of torn lines in the middle were written again at the end: back to their places
+    if writer.repaired:
         reorder(config.out, order)
     rows = [["images read", len(images)], ["regions written", written], ["regions already present", existing]]
     rows += [[f"images skipped: {k}", v] for k, v in sorted(skipped.counts.items())]

@@ -7,7 +7,7 @@ from collections import Counter
 from html import escape
 
 from ..data.summary import declared
-from ..refine import problem_kind
+from ..refine import count_kinds
 from .cells import explained, fmt
 from .data import ReportData
 from .text import box_entries
@@ -108,8 +108,7 @@ def _problem_table(data: ReportData) -> str:
         return ""
     per_text: dict[bool, Counter] = {False: Counter(), True: Counter()}
     for s in data.scores:
-        for kind in {problem_kind(str(p)) for p in s.problems or []}:
-            per_text[bool(s.refined)][kind] += 1
+        count_kinds([str(p) for p in s.problems or []], per_text[bool(s.refined)])
     head = "".join(
         f"<th>{h}</th>"
         for h in (

@@ -51,10 +51,9 @@ def sharded_launch() -> bool:
     )
 
 
-def decide(dtype: str | None, method: str, device: str, gradient_checkpointing: bool | None) -> Precision:
+def decide(dtype: str, method: str, device: str, gradient_checkpointing: bool | None) -> Precision:
     import torch
 
-    dtype = dtype or "auto"
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UserError(f"training device must be auto, cpu or cuda, got {device!r}")
     device = "cuda" if device.startswith("cuda") else device  # the launcher gives each process its GPU
